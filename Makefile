@@ -1,0 +1,42 @@
+# handcourse: `make course` opens the course, `make test` runs every test and notebook.
+# Both set everything up first (a virtual environment in .venv), so each works on a fresh machine.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A CPU-only machine can take the small CPU build of torch with
+#   make course TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+PORT ?= 8888
+
+.PHONY: course test setup notebooks benchmarks clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first: installed together with smplx from nothing, pip would pick the newest CUDA build.
+	$(PY) -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+course: setup
+	$(VENV)/bin/jupyter lab --port $(PORT) notebooks/
+
+test: setup
+	HANDLIB_PROFILE=quick $(PY) -m pytest -v --durations=15
+
+# Re-run every notebook and store its outputs without widget state (what the repository keeps).
+notebooks: setup
+	for notebook in notebooks/*.ipynb; do \
+	  HANDLIB_PROFILE=quick $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
+	    --ExecutePreprocessor.store_widget_state=False --ExecutePreprocessor.timeout=1800 $$notebook || exit 1; \
+	done
+
+benchmarks: setup
+	for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) data/cache data/runs

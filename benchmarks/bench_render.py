@@ -1,0 +1,143 @@
+"""Images per second of handlib.render at 64x64 and 128x128 for several batch sizes.
+
+Run: ``.venv/bin/python benchmarks/bench_render.py`` (add ``--help`` for the options).
+
+The mesh is the hand model (``handlib.mano.default_model_path()``) in its rest pose when it exists,
+else a toy hand of the same size built here (a palm and five fingers as closed ellipsoids:
+776 vertices, 1528 faces, vs MANO's 778 and 1538). Each image gets a random rotation about the
+mesh centre; the mesh is ~0.45 m from a camera with f = 1.6 W and covers ~10-15 % of the image.
+
+Columns:
+    rasterize    ``rasterize`` alone (face index, depth, barycentrics, mask), no autograd
+    render       ``render``: RGB (Lambert shading) + depth + mask, no autograd
+    render+cull  the same with ``cull_backfaces=True`` (the mesh is closed)
+    soft fwd+bwd ``soft_silhouette`` (sigma 0.5 px^2, culled) forward and backward to the vertices
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import time
+
+import torch
+
+from handlib.geometry import axis_angle_to_matrix
+from handlib.render import make_intrinsics, place_in_front, rasterize, render, soft_silhouette
+
+
+def ellipsoid(rings: int, segments: int, half_axes, centre, tilt: float = 0.0):
+    """A closed UV ellipsoid wound counter-clockwise seen from outside, long axis along y, tilted about z."""
+    polar = torch.arange(1, rings, dtype=torch.float64) * math.pi / rings
+    azimuth = torch.arange(segments, dtype=torch.float64) * 2 * math.pi / segments
+    polar, azimuth = torch.meshgrid(polar, azimuth, indexing="ij")
+    # y is the pole axis here, so a finger's long axis is y.
+    sphere = torch.stack([polar.sin() * azimuth.sin(), polar.cos(), polar.sin() * azimuth.cos()], dim=-1).reshape(-1, 3)
+    sphere = torch.cat([torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64), sphere, torch.tensor([[0.0, -1.0, 0.0]], dtype=torch.float64)])
+    bottom = len(sphere) - 1
+
+    def ring(r, s):
+        return 1 + r * segments + s % segments
+
+    faces = []
+    for s in range(segments):
+        faces.append([0, ring(0, s), ring(0, s + 1)])
+        faces.append([bottom, ring(rings - 2, s + 1), ring(rings - 2, s)])
+        for r in range(rings - 2):
+            faces.append([ring(r, s), ring(r + 1, s), ring(r + 1, s + 1)])
+            faces.append([ring(r, s), ring(r + 1, s + 1), ring(r, s + 1)])
+    faces = torch.tensor(faces)
+    # Keep the winding outwards (the azimuth runs the other way round the y axis).
+    if torch.linalg.det(sphere[faces]).sum() < 0:
+        faces = faces.flip(1)
+    rotation = axis_angle_to_matrix(torch.tensor([0.0, 0.0, tilt], dtype=torch.float64))
+    return (sphere * torch.tensor(half_axes, dtype=torch.float64)) @ rotation.T + torch.tensor(centre, dtype=torch.float64), faces
+
+
+def toy_hand():
+    """A palm and five fingers as closed ellipsoids: (776, 3) vertices in metres, (1528, 3) faces."""
+    parts = [ellipsoid(15, 16, (0.042, 0.048, 0.015), (0.0, 0.0, 0.0))]  # palm: 226 vertices, 448 faces
+    fingers = [(-0.055, -0.01, 0.9, 0.030), (-0.028, -0.085, 0.15, 0.040), (-0.002, -0.092, 0.0, 0.044),
+               (0.022, -0.087, -0.12, 0.041), (0.042, -0.075, -0.3, 0.033)]  # thumb to pinky: x, y, tilt, length
+    for x, y, tilt, length in fingers:  # each 110 vertices, 216 faces
+        parts.append(ellipsoid(10, 12, (0.0095, length, 0.0095), (x, y, 0.0), tilt))
+    vertices, faces, offset = [], [], 0
+    for part_vertices, part_faces in parts:
+        vertices.append(part_vertices)
+        faces.append(part_faces + offset)
+        offset += len(part_vertices)
+    return torch.cat(vertices).float(), torch.cat(faces)
+
+
+def benchmark_mesh():
+    """(vertices (V, 3), faces (F, 3), name): the hand model if available, else the toy hand."""
+    try:
+        from handlib.mano import default_model_path, load_mano
+
+        model = load_mano(default_model_path())
+        return torch.as_tensor(model.v_template).float(), torch.as_tensor(model.faces).long(), "hand model (rest pose)"
+    except (ImportError, FileNotFoundError, ValueError):
+        vertices, faces = toy_hand()
+        return vertices, faces, "toy hand (ellipsoids)"
+
+
+def posed_batch(vertices, batch: int, seed: int = 0, distance: float = 0.45):
+    """Random rotations of the mesh about its centre, placed ``distance`` metres in front of the camera."""
+    generator = torch.Generator().manual_seed(seed)
+    rotations = axis_angle_to_matrix(torch.randn(batch, 3, generator=generator) * 0.8)  # (B, 3, 3)
+    centred = vertices - (vertices.amax(0) + vertices.amin(0)) / 2
+    return place_in_front(centred @ rotations.transpose(1, 2), distance)  # (B, V, 3)
+
+
+def images_per_second(function, batch: int, min_time: float) -> float:
+    """Median images/s over repeats of ``function`` (one warm-up call first)."""
+    function()
+    rates, start = [], time.perf_counter()
+    while time.perf_counter() - start < min_time or len(rates) < 3:
+        tick = time.perf_counter()
+        function()
+        rates.append(batch / (time.perf_counter() - tick))
+    return statistics.median(rates)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 256])
+    parser.add_argument("--soft-batches", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--min-time", type=float, default=1.5, help="seconds per measurement")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    vertices, faces, name = benchmark_mesh()
+    faces = faces.to(args.device)
+    print(f"mesh: {name}, {len(vertices)} vertices, {len(faces)} faces; device {args.device}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.2f}")
+    header = f"{'size':>7} {'batch':>5} | {'rasterize':>9} {'render':>8} {'render+cull':>11} {'soft fwd+bwd':>12} | {'coverage':>8}"
+    print(header + "\n" + "-" * len(header))
+    for size in args.sizes:
+        K = make_intrinsics(1.6 * size, size / 2, size / 2).to(args.device)
+        for batch in args.batches:
+            mesh = posed_batch(vertices, batch).to(args.device)
+            with torch.no_grad():
+                coverage = rasterize(mesh, faces, K, size).mask.float().mean().item()
+                raster = images_per_second(lambda: rasterize(mesh, faces, K, size), batch, args.min_time)
+                shaded = images_per_second(lambda: render(mesh, faces, K, size), batch, args.min_time)
+                culled = images_per_second(lambda: render(mesh, faces, K, size, cull_backfaces=True), batch, args.min_time)
+            soft = float("nan")
+            if batch in args.soft_batches:
+                trainable = mesh.clone().requires_grad_(True)
+
+                def soft_step():
+                    silhouette = soft_silhouette(trainable, faces, K, size, sigma=0.5, cull_backfaces=True)
+                    silhouette.sum().backward()
+
+                soft = images_per_second(soft_step, batch, args.min_time)
+            print(f"{size:>3}x{size:<3} {batch:>5} | {raster:>9.0f} {shaded:>8.0f} {culled:>11.0f} {soft:>12.0f} | {coverage:>8.1%}",
+                  flush=True)
+    print(f"images/s (median of repeats); load average at the end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

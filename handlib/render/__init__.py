@@ -1,0 +1,35 @@
+"""The renderer: a pure-torch rasterizer (RGB, depth, mask, part labels) and a soft silhouette.
+
+* ``camera``: intrinsics, crops as intrinsics, placing a mesh in front of the camera.
+* ``rasterize``: the z-buffer rasterizer (``rasterize``, ``interpolate``, ``Fragments``).
+* ``shade``: vertex normals, Lambert + ambient shading, ``render`` -> ``RenderOutput``.
+* ``silhouette``: the differentiable SoftRas silhouette for mask losses.
+
+The same code runs on CPU and CUDA; every input is batch-first, camera frame (OpenCV), metres.
+"""
+from handlib.render.camera import crop_intrinsics, make_intrinsics, place_in_front
+from handlib.render.rasterize import (
+    Fragments,
+    interpolate,
+    interpolate_covered,
+    rasterize,
+    rasterize_reference,
+)
+from handlib.render.shade import RenderOutput, render, vertex_normals
+from handlib.render.silhouette import soft_silhouette, soft_silhouette_reference
+
+__all__ = [
+    "Fragments",
+    "RenderOutput",
+    "crop_intrinsics",
+    "interpolate",
+    "interpolate_covered",
+    "make_intrinsics",
+    "place_in_front",
+    "rasterize",
+    "rasterize_reference",
+    "render",
+    "soft_silhouette",
+    "soft_silhouette_reference",
+    "vertex_normals",
+]

@@ -1,0 +1,201 @@
+"""Shading: from fragments to an RGB image, with depth, mask and part labels alongside.
+
+The shading model is Lambert's law plus an ambient term, per pixel:
+
+    colour(p) = albedo(p) * (ambient + (1 - ambient) * max(0, n(p) . l))
+
+where n(p) is the interpolated vertex normal (turned to face the camera, so both sides of a
+surface are lit: "two-sided" lighting) and l the unit direction from the surface towards the
+light, in the camera frame. The default light comes from just above and left of the camera.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from handlib.render.rasterize import DEFAULT_NEAR, check_mesh, interpolate_covered, rasterize
+
+SKIN_COLOR = (0.80, 0.62, 0.52)  # a default albedo, RGB in [0, 1]
+DEFAULT_LIGHT_DIRECTION = (-0.3, -0.5, -1.0)  # camera frame: towards the upper left, back to the camera
+
+
+@dataclass
+class RenderOutput:
+    """A rendered batch.
+
+    Attributes:
+        rgb: (B, 3, H, W) in [0, 1].
+        depth: (B, H, W) metres (z in the camera frame), 0 on the background.
+        mask: (B, H, W) float, 1 where the mesh is visible.
+        face_index: (B, H, W) long, visible face, -1 on the background.
+        barycentrics: (B, H, W, 3) perspective-correct barycentrics of the visible point.
+        part_labels: (B, H, W) long, the label of the visible vertex nearest in barycentric terms
+            (the corner with the largest barycentric weight), -1 on the background;
+            None when no ``vertex_labels`` were given.
+    """
+
+    rgb: torch.Tensor
+    depth: torch.Tensor
+    mask: torch.Tensor
+    face_index: torch.Tensor
+    barycentrics: torch.Tensor
+    part_labels: torch.Tensor | None = None
+
+
+def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Unit vertex normals: the area-weighted mean of the normals of the faces around each vertex.
+
+    The face normal (P1 - P0) x (P2 - P0) has length twice the face area, so summing the raw
+    cross products weights each face by its area.
+
+    Args:
+        vertices: (B, V, 3). faces: (F, 3) long.
+
+    Returns:
+        (B, V, 3) unit normals (pointing outwards for faces wound counter-clockwise seen from
+        outside); zero for vertices that belong to no face.
+    """
+    if not isinstance(vertices, torch.Tensor) or vertices.ndim != 3 or vertices.shape[-1] != 3:
+        got = tuple(vertices.shape) if isinstance(vertices, torch.Tensor) else type(vertices).__name__
+        raise ValueError(f"vertices: expected a tensor of shape (B, V, 3), got {got}")
+    faces = faces.to(device=vertices.device, dtype=torch.long)
+    corners = vertices[:, faces]  # (B, F, 3, 3)
+    face_normals = torch.cross(corners[:, :, 1] - corners[:, :, 0], corners[:, :, 2] - corners[:, :, 0], dim=-1)
+    normals = torch.zeros_like(vertices)  # (B, V, 3)
+    for corner in range(3):
+        normals = normals.index_add(1, faces[:, corner], face_normals)
+    return torch.nn.functional.normalize(normals, dim=-1)
+
+
+def _per_vertex(values, name: str, batch: int, num_vertices: int, reference: torch.Tensor) -> torch.Tensor:
+    """Colours given as (3,), (V, 3) or (B, V, 3) -> (B or 1, V, 3)."""
+    values = torch.as_tensor(values, dtype=reference.dtype, device=reference.device)
+    if values.shape == (3,):
+        return values.expand(1, num_vertices, 3)
+    if values.shape == (num_vertices, 3):
+        return values[None]
+    if values.ndim == 3 and values.shape[0] in (1, batch) and values.shape[1:] == (num_vertices, 3):
+        return values
+    raise ValueError(
+        f"{name}: expected an RGB colour (3,), per-vertex colours ({num_vertices}, 3) or ({batch}, {num_vertices}, 3), "
+        f"got {tuple(values.shape)}"
+    )
+
+
+def _background_image(background, batch: int, height: int, width: int, reference: torch.Tensor) -> torch.Tensor:
+    """Background as None (black), a colour (3,), or an image (3, H, W) / (B, 3, H, W) -> (B, H, W, 3)."""
+    if background is None:
+        return reference.new_zeros(batch, height, width, 3)
+    background = torch.as_tensor(background, dtype=reference.dtype, device=reference.device)
+    if background.shape == (3,):
+        return background.expand(batch, height, width, 3).clone()
+    if background.shape in ((3, height, width), (1, 3, height, width), (batch, 3, height, width)):
+        return background.expand(batch, 3, height, width).permute(0, 2, 3, 1).contiguous()
+    raise ValueError(
+        f"background: expected None, a colour (3,) or an image (3, {height}, {width}) / ({batch}, 3, {height}, {width}), "
+        f"got {tuple(background.shape)}"
+    )
+
+
+def render(
+    vertices: torch.Tensor,
+    faces: torch.Tensor,
+    K: torch.Tensor,
+    image_size,
+    vertex_colors=None,
+    light_direction=DEFAULT_LIGHT_DIRECTION,
+    ambient: float = 0.4,
+    background=None,
+    vertex_labels: torch.Tensor | None = None,
+    near: float = DEFAULT_NEAR,
+    cull_backfaces: bool = False,
+) -> RenderOutput:
+    """Render RGB (Lambert + ambient), depth, mask and part labels of a batch of meshes.
+
+    Args:
+        vertices: (B, V, 3) camera frame (OpenCV), metres.
+        faces: (F, 3) long, shared by the batch.
+        K: (3, 3) or (B, 3, 3) intrinsics, pixels.
+        image_size: int or (H, W), pixels.
+        vertex_colors: albedo in [0, 1]: (3,) for the whole mesh, (V, 3) or (B, V, 3) per vertex;
+            default ``SKIN_COLOR``.
+        light_direction: (3,) or (B, 3), direction from the surface towards the light, camera
+            frame (normalised here). The default lights from the upper left of the camera.
+        ambient: fraction of the albedo seen without direct light, in [0, 1].
+        background: None (black), a colour (3,), or an image (3, H, W) or (B, 3, H, W) in [0, 1].
+        vertex_labels: optional (V,) or (B, V) integer label per vertex (e.g. the hand part);
+            each pixel takes the label of the corner of its face with the largest barycentric
+            weight (the nearest corner), so labels stay integers and borders follow the mesh.
+        near, cull_backfaces: as in ``rasterize``.
+
+    Returns:
+        ``RenderOutput`` (rgb, depth, mask, face_index, barycentrics, part_labels). rgb and depth
+        are differentiable w.r.t. vertices and colours inside the mask (not at its border).
+
+    Example:
+        >>> K = torch.tensor([[100.0, 0, 8], [0, 100.0, 8], [0, 0, 1]])
+        >>> triangle = torch.tensor([[[-0.05, -0.05, 1.0], [0.05, -0.05, 1.0], [-0.05, 0.05, 1.0]]])
+        >>> render(triangle, torch.tensor([[0, 1, 2]]), K, 16).rgb.shape
+        torch.Size([1, 3, 16, 16])
+    """
+    vertices, faces, K = check_mesh(vertices, faces, K)
+    batch, num_vertices = vertices.shape[:2]
+    if not 0.0 <= ambient <= 1.0:
+        raise ValueError(f"ambient: expected a fraction in [0, 1], got {ambient}")
+    albedo = _per_vertex(SKIN_COLOR if vertex_colors is None else vertex_colors, "vertex_colors", batch, num_vertices, vertices)
+    light = torch.as_tensor(light_direction, dtype=vertices.dtype, device=vertices.device)
+    if light.shape not in ((3,), (batch, 3)):
+        raise ValueError(f"light_direction: expected shape (3,) or ({batch}, 3), got {tuple(light.shape)}")
+    light = torch.nn.functional.normalize(light, dim=-1).expand(batch, 3)  # (B, 3)
+
+    fragments = rasterize(vertices, faces, K, image_size, near=near, cull_backfaces=cull_backfaces)
+    height, width = fragments.image_size
+    pixel_index = fragments.pixel_index  # (N,) covered pixels
+    image = torch.div(pixel_index, height * width, rounding_mode="floor")  # (N,) which image
+
+    # Interpolate position, normal and albedo in one pass over the covered pixels.
+    normals = vertex_normals(vertices, faces)  # (B, V, 3)
+    per_vertex = torch.cat([vertices, normals, albedo.expand(batch, num_vertices, 3)], dim=-1)  # (B, V, 9)
+    points, normal, color = interpolate_covered(per_vertex, faces, fragments).split(3, dim=-1)  # (N, 3) each
+
+    # Two-sided Lambert: turn each normal towards the camera (n . p < 0, p being the ray direction).
+    normal = torch.nn.functional.normalize(normal, dim=-1)
+    facing = torch.where((normal * points).sum(-1, keepdim=True) > 0, -1.0, 1.0)  # (N, 1)
+    lambert = ((normal * facing) * light[image]).sum(-1, keepdim=True).clamp_min(0)  # (N, 1)
+    shaded = (color * (ambient + (1 - ambient) * lambert)).clamp(0, 1)  # (N, 3)
+
+    rgb = _background_image(background, batch, height, width, vertices)  # (B, H, W, 3)
+    rgb = rgb.view(-1, 3).index_put((pixel_index,), shaded).view(batch, height, width, 3)
+
+    part_labels = None
+    if vertex_labels is not None:
+        part_labels = _part_labels(vertex_labels, faces, fragments, batch, num_vertices)
+    return RenderOutput(
+        rgb=rgb.permute(0, 3, 1, 2).contiguous(),  # (B, 3, H, W)
+        depth=fragments.depth,
+        mask=fragments.mask.to(vertices.dtype),
+        face_index=fragments.face_index,
+        barycentrics=fragments.barycentrics,
+        part_labels=part_labels,
+    )
+
+
+def _part_labels(vertex_labels, faces, fragments, batch: int, num_vertices: int) -> torch.Tensor:
+    """Per-pixel label of the face corner with the largest barycentric weight; -1 on the background."""
+    labels = torch.as_tensor(vertex_labels, device=faces.device)
+    if labels.is_floating_point() or labels.shape not in ((num_vertices,), (1, num_vertices), (batch, num_vertices)):
+        raise ValueError(
+            f"vertex_labels: expected integer labels of shape ({num_vertices},) or ({batch}, {num_vertices}), "
+            f"got {labels.dtype} {tuple(labels.shape)}"
+        )
+    labels = labels.long().reshape(-1, num_vertices)  # (B or 1, V)
+    height, width = fragments.image_size
+    pixel_index = fragments.pixel_index
+    face = fragments.face_index.reshape(-1)[pixel_index]  # (N,)
+    nearest_corner = fragments.barycentrics.reshape(-1, 3)[pixel_index].argmax(dim=-1)  # (N,)
+    vertex = faces[face, nearest_corner]  # (N,)
+    image = torch.div(pixel_index, height * width, rounding_mode="floor") if labels.shape[0] > 1 else 0
+    out = torch.full((batch * height * width,), -1, dtype=torch.long, device=faces.device)
+    out[pixel_index] = labels[image, vertex]
+    return out.view(batch, height, width)
