@@ -29,7 +29,6 @@ every other class with an error. No chumpy install is needed.
 """
 from __future__ import annotations
 
-import importlib
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,15 +37,12 @@ import numpy as np
 import scipy.sparse
 
 from handlib.files import atomic_path
+from handlib.safe_pickle import NUMPY_ARRAY_GLOBALS, UnsafePickleError, restricted_load
 from handlib.skeleton import MANO_FINGERTIP_VERTEX_IDS, NUM_MANO_JOINTS
 
 REQUIRED_KEYS = ("v_template", "f", "weights", "J_regressor", "kintree_table", "shapedirs",
                  "posedirs", "hands_components", "hands_mean")
 MANO_DOWNLOAD = "https://mano.is.tue.mpg.de (free registration; licence: non-commercial research)"
-
-
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle asked for a class that the restricted unpickler does not admit."""
 
 
 class _Stub:
@@ -66,41 +62,15 @@ def _stub_class(kind: str):
     return type(f"_{kind}Stub", (_Stub,), {"kind": kind})
 
 
-# numpy's own names, which rebuild plain arrays, are admitted as they are.
-_NUMPY_GLOBALS = frozenset(
-    (module, name)
-    for module in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric",
-                   "numpy._core.numeric")
-    for name in ("_reconstruct", "ndarray", "dtype", "scalar", "_frombuffer")
-)
-# Protocol-2 pickles build objects with copyreg and store bytes as text re-encoded by _codecs.
-_HARMLESS_GLOBALS = frozenset({("copyreg", "_reconstructor"), ("builtins", "object"), ("_codecs", "encode")})
-# chumpy and scipy.sparse classes are replaced by stubs that keep their state for _to_array.
-_STUB_GLOBALS = {
+# What a MANO pickle may name: numpy's array globals, copyreg's object builder (Python-2 pickles
+# build objects with it), and, replaced by stubs, the chumpy and scipy.sparse classes.
+_MANO_GLOBALS = {**NUMPY_ARRAY_GLOBALS, "copyreg": frozenset({"_reconstructor"}), "builtins": frozenset({"object"})}
+_MANO_STAND_INS = {
     ("chumpy.ch", "Ch"): _stub_class("Ch"),
     ("chumpy.reordering", "Select"): _stub_class("Select"),
-    **{(f"scipy.sparse.{m}", f"{fmt}_matrix"): _stub_class(fmt)
-       for fmt in ("csc", "csr") for m in (fmt, f"_{fmt}")},
+    **{(f"scipy.sparse.{module}", f"{fmt}_matrix"): _stub_class(fmt)
+       for fmt in ("csc", "csr") for module in (fmt, f"_{fmt}")},
 }
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) in _NUMPY_GLOBALS:
-            try:
-                return getattr(importlib.import_module(module), name)
-            except (ImportError, AttributeError):
-                # numpy 1 pickles name numpy.core, numpy 2 numpy._core: either resolves to the other.
-                other = module.replace("numpy.core", "numpy._core") if "numpy.core" in module \
-                    else module.replace("numpy._core", "numpy.core")
-                return getattr(importlib.import_module(other), name)
-        if (module, name) in _STUB_GLOBALS:
-            return _STUB_GLOBALS[(module, name)]
-        if (module, name) in _HARMLESS_GLOBALS:
-            return getattr(importlib.import_module(module), name)
-        raise UnsafePickleError(
-            f"refusing to load '{module}.{name}': a MANO file holds only numpy arrays, scipy.sparse "
-            "matrices and chumpy arrays, and unpickling anything else could run code")
 
 
 def _to_array(value):
@@ -122,12 +92,13 @@ def _to_array(value):
 
 
 def restricted_pickle_load(file) -> object:
-    """Unpickle ``file`` (a binary file object) admitting only numpy, scipy.sparse and chumpy arrays.
+    """Unpickle ``file`` (a path or binary file object) admitting only numpy, scipy.sparse and
+    chumpy arrays, each rebuilt as a plain numpy array.
 
     Raises:
         UnsafePickleError: the pickle references any other class or function.
     """
-    return _to_array(_RestrictedUnpickler(file, encoding="latin1").load())
+    return _to_array(restricted_load(file, _MANO_GLOBALS, stand_ins=_MANO_STAND_INS))
 
 
 @dataclass(frozen=True)
@@ -274,10 +245,9 @@ def load_mano(path) -> ManoModel:
             raise ValueError(f"{path}: not a readable .npz of plain arrays ({error})") from error
     else:
         try:
-            with open(path, "rb") as f:
-                arrays = restricted_pickle_load(f)
-        except UnsafePickleError as error:
-            raise UnsafePickleError(f"{path}: {error}") from error
+            arrays = restricted_pickle_load(path)
+        except UnsafePickleError:
+            raise
         except Exception as error:
             raise ValueError(f"{path}: not a readable MANO pickle ({type(error).__name__}: {error})") from error
         if not isinstance(arrays, dict):

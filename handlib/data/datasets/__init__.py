@@ -16,6 +16,10 @@ InterHand26M        InterHand2.6M      real photos, 3D in a calibrated multi-cam
 CMUHands2D          CMU hands (mmpose) real photos, 2D only
 =================== ================== ==========================================================
 
+Pixel coordinates follow the renderer's convention (pixel column j covers u in [j, j + 1));
+FreiHAND's and RHD's principal points sit at W / 2 = 112 and 160, which fits it. The stored 2D
+annotations are used as they are.
+
 ``crop_to_hand`` cuts a square around the hand and resizes it (K and keypoints_2d follow);
 ``mirror_sample`` turns a left hand into a right one.
 """

@@ -115,9 +115,10 @@ def crop_to_hand(sample: dict, size: int = 128, margin: float = 0.2, box: tuple 
     scale = size / side
 
     def resize(image, mode):                                     # (C, side, side) -> (C, size, size)
-        kwargs = {"antialias": scale < 1} if mode == "bilinear" else {}
-        align = {"align_corners": False} if mode == "bilinear" else {}
-        return F.interpolate(image[None], size=(size, size), mode=mode, **align, **kwargs)[0]
+        if mode == "bilinear":
+            return F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False,
+                                 antialias=scale < 1)[0]
+        return F.interpolate(image[None], size=(size, size), mode=mode)[0]
 
     out = dict(sample)
     out["image"] = resize(_crop_padded(sample["image"], x0, y0, side), "bilinear").clamp(0, 1)

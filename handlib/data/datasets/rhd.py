@@ -21,7 +21,7 @@ mirrored into a right hand with ``crop.mirror_sample`` (image flipped, ``u -> W 
 ``x -> -x``, ``cx -> W - cx``; ``is_right`` becomes 1). With ``mirror_left=False`` the sample
 keeps the left hand and ``is_right`` is 0.
 
-The annotations are Python-2 pickles; they are read with ``_pickle.restricted_load`` (numpy arrays
+The annotations are Python-2 pickles; they are read with ``handlib.safe_pickle.restricted_load`` (numpy arrays
 only), never with plain ``pickle.load``.
 
 mmpose's COCO-style conversion (``rhd_*.json``: per image ``cam_param = {focal, princpt}``, per
@@ -44,7 +44,7 @@ from handlib.skeleton import to_course_order
 
 from ._common import RHD as RHD_SOURCE
 from ._common import as_array, intrinsics, read_image, require_dir, require_file
-from ._pickle import UnsafePickleError, restricted_load
+from handlib.safe_pickle import UnsafePickleError, restricted_load
 from .crop import mirror_sample
 
 LEFT_LABELS = range(2, 18)      # mask labels of the left hand's parts

@@ -7,12 +7,12 @@ list first, and refuses anything else with an error that names it.
 
 RHD's annotations (``anno_*.pickle``) and MANO's model files (``MANO_RIGHT.pkl``) are Python-2
 pickles of dicts of numpy arrays, so the allow list they need is the handful of numpy names that
-rebuild an array (``NUMPY_ARRAY_GLOBALS``). ``encoding="latin1"`` turns Python 2 byte strings
+rebuild an array (``NUMPY_ARRAY_GLOBALS``). A reader may also name stand-ins: classes returned
+in place of a named class (the MANO loader rebuilds chumpy's arrays that way, without chumpy). ``encoding="latin1"`` turns Python 2 byte strings
 into ``str`` byte for byte, which is what numpy expects for the raw array data.
 """
 from __future__ import annotations
 
-import io
 import pickle
 from pathlib import Path
 
@@ -35,12 +35,15 @@ class UnsafePickleError(pickle.UnpicklingError, ValueError):
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, allowed: dict, source: str, **kwargs):
+    def __init__(self, file, allowed: dict, source: str, stand_ins: dict, **kwargs):
         super().__init__(file, **kwargs)
         self._allowed = allowed
         self._source = source
+        self._stand_ins = stand_ins
 
     def find_class(self, module: str, name: str):
+        if (module, name) in self._stand_ins:
+            return self._stand_ins[(module, name)]
         if name not in self._allowed.get(module, ()):
             raise UnsafePickleError(
                 f"{self._source}: refusing to load the global '{module}.{name}'; this file may only "
@@ -52,7 +55,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def restricted_load(file, allowed: dict | None = None, *, encoding: str = "latin1"):
+def restricted_load(file, allowed: dict | None = None, *, stand_ins: dict | None = None, encoding: str = "latin1"):
     """Unpickle ``file``, admitting only the global names in ``allowed``.
 
     Args:
@@ -60,6 +63,8 @@ def restricted_load(file, allowed: dict | None = None, *, encoding: str = "latin
         allowed: ``{module: set of names}`` that the pickle may refer to; default
             ``NUMPY_ARRAY_GLOBALS`` (numpy arrays, dtypes and scalars inside plain dicts, lists,
             tuples, numbers and strings).
+        stand_ins: ``{(module, name): class}`` returned instead of the named class; a stand-in
+            should only store the state it is given, for the caller to rebuild plain data from.
         encoding: how Python 2 byte strings are decoded; "latin1" keeps them byte for byte,
             which numpy needs to rebuild array data written by Python 2.
 
@@ -72,17 +77,19 @@ def restricted_load(file, allowed: dict | None = None, *, encoding: str = "latin
         pickle.UnpicklingError, EOFError, ...: the file is not a complete pickle.
 
     Example:
+        >>> import io
         >>> import numpy as np
         >>> blob = pickle.dumps({"xyz": np.zeros((42, 3), np.float32)}, protocol=2)
         >>> restricted_load(io.BytesIO(blob))["xyz"].shape
         (42, 3)
     """
     allowed = NUMPY_ARRAY_GLOBALS if allowed is None else allowed
+    stand_ins = stand_ins or {}
     if isinstance(file, (str, Path)):
         path = Path(file)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file")
         with open(path, "rb") as handle:
-            return _RestrictedUnpickler(handle, allowed, str(path), encoding=encoding).load()
+            return _RestrictedUnpickler(handle, allowed, str(path), stand_ins, encoding=encoding).load()
     source = getattr(file, "name", "pickle")
-    return _RestrictedUnpickler(file, allowed, str(source), encoding=encoding).load()
+    return _RestrictedUnpickler(file, allowed, str(source), stand_ins, encoding=encoding).load()
