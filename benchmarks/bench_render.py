@@ -108,7 +108,11 @@ def main():
     parser.add_argument("--soft-batches", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--min-time", type=float, default=1.5, help="seconds per measurement")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's own; 1 is steadier on a busy machine)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     vertices, faces, name = benchmark_mesh()
     faces = faces.to(args.device)

@@ -200,7 +200,7 @@ def test_render_outputs():
     assert (out.part_labels[outside] == -1).all()
     # A pixel whose largest barycentric weight belongs to vertex v carries v's label.
     face = out.face_index[inside]
-    corner = out.barycentrics[inside].argmax(-1)
+    corner = out.fragments.barycentrics[inside].argmax(-1)
     assert torch.equal(out.part_labels[inside], labels[faces[face, corner]])
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from handlib.render.rasterize import DEFAULT_NEAR, check_mesh, interpolate_covered, rasterize
+from handlib.render.rasterize import DEFAULT_NEAR, Fragments, check_mesh, interpolate_covered, rasterize
 
 SKIN_COLOR = (0.80, 0.62, 0.52)  # a default albedo, RGB in [0, 1]
 DEFAULT_LIGHT_DIRECTION = (-0.3, -0.5, -1.0)  # camera frame: towards the upper left, back to the camera
@@ -29,18 +29,19 @@ class RenderOutput:
         depth: (B, H, W) metres (z in the camera frame), 0 on the background.
         mask: (B, H, W) float, 1 where the mesh is visible.
         face_index: (B, H, W) long, visible face, -1 on the background.
-        barycentrics: (B, H, W, 3) perspective-correct barycentrics of the visible point.
         part_labels: (B, H, W) long, the label of the visible vertex nearest in barycentric terms
             (the corner with the largest barycentric weight), -1 on the background;
             None when no ``vertex_labels`` were given.
+        fragments: the ``Fragments`` it was shaded from (barycentrics, covered pixels, ...), for
+            interpolating more per-vertex attributes with ``interpolate``.
     """
 
     rgb: torch.Tensor
     depth: torch.Tensor
     mask: torch.Tensor
     face_index: torch.Tensor
-    barycentrics: torch.Tensor
     part_labels: torch.Tensor | None = None
+    fragments: Fragments | None = None
 
 
 def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
@@ -60,12 +61,13 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
         got = tuple(vertices.shape) if isinstance(vertices, torch.Tensor) else type(vertices).__name__
         raise ValueError(f"vertices: expected a tensor of shape (B, V, 3), got {got}")
     faces = faces.to(device=vertices.device, dtype=torch.long)
-    corners = vertices[:, faces]  # (B, F, 3, 3)
+    corners = vertices.index_select(1, faces.reshape(-1)).view(vertices.shape[0], *faces.shape, 3)  # (B, F, 3, 3)
     face_normals = torch.cross(corners[:, :, 1] - corners[:, :, 0], corners[:, :, 2] - corners[:, :, 0], dim=-1)
     normals = torch.zeros_like(vertices)  # (B, V, 3)
     for corner in range(3):
         normals = normals.index_add(1, faces[:, corner], face_normals)
-    return torch.nn.functional.normalize(normals, dim=-1)
+    length = (normals * normals).sum(dim=-1, keepdim=True).sqrt()  # (B, V, 1)
+    return normals / length.clamp_min(1e-12)
 
 
 def _per_vertex(values, name: str, batch: int, num_vertices: int, reference: torch.Tensor) -> torch.Tensor:
@@ -84,14 +86,14 @@ def _per_vertex(values, name: str, batch: int, num_vertices: int, reference: tor
 
 
 def _background_image(background, batch: int, height: int, width: int, reference: torch.Tensor) -> torch.Tensor:
-    """Background as None (black), a colour (3,), or an image (3, H, W) / (B, 3, H, W) -> (B, H, W, 3)."""
+    """Background as None (black), a colour (3,), or an image (3, H, W) / (B, 3, H, W) -> (B, 3, H, W)."""
     if background is None:
-        return reference.new_zeros(batch, height, width, 3)
+        return reference.new_zeros(batch, 3, height, width)
     background = torch.as_tensor(background, dtype=reference.dtype, device=reference.device)
     if background.shape == (3,):
-        return background.expand(batch, height, width, 3).clone()
+        return background[:, None, None].expand(batch, 3, height, width).contiguous()
     if background.shape in ((3, height, width), (1, 3, height, width), (batch, 3, height, width)):
-        return background.expand(batch, 3, height, width).permute(0, 2, 3, 1).contiguous()
+        return background.expand(batch, 3, height, width).contiguous()
     raise ValueError(
         f"background: expected None, a colour (3,) or an image (3, {height}, {width}) / ({batch}, 3, {height}, {width}), "
         f"got {tuple(background.shape)}"
@@ -130,7 +132,7 @@ def render(
         near, cull_backfaces: as in ``rasterize``.
 
     Returns:
-        ``RenderOutput`` (rgb, depth, mask, face_index, barycentrics, part_labels). rgb and depth
+        ``RenderOutput`` (rgb, depth, mask, face_index, part_labels, fragments). rgb and depth
         are differentiable w.r.t. vertices and colours inside the mask (not at its border).
 
     Example:
@@ -147,37 +149,43 @@ def render(
     light = torch.as_tensor(light_direction, dtype=vertices.dtype, device=vertices.device)
     if light.shape not in ((3,), (batch, 3)):
         raise ValueError(f"light_direction: expected shape (3,) or ({batch}, 3), got {tuple(light.shape)}")
-    light = torch.nn.functional.normalize(light, dim=-1).expand(batch, 3)  # (B, 3)
+    light_shared = light.ndim == 1
+    light = torch.nn.functional.normalize(light, dim=-1).expand(batch, 3)  # (B, 3) towards the light
 
     fragments = rasterize(vertices, faces, K, image_size, near=near, cull_backfaces=cull_backfaces)
     height, width = fragments.image_size
     pixel_index = fragments.pixel_index  # (N,) covered pixels
     image = torch.div(pixel_index, height * width, rounding_mode="floor")  # (N,) which image
 
-    # Interpolate position, normal and albedo in one pass over the covered pixels.
+    # Interpolate position, normal and albedo in one pass over the covered pixels; channels first.
     normals = vertex_normals(vertices, faces)  # (B, V, 3)
     per_vertex = torch.cat([vertices, normals, albedo.expand(batch, num_vertices, 3)], dim=-1)  # (B, V, 9)
-    points, normal, color = interpolate_covered(per_vertex, faces, fragments).split(3, dim=-1)  # (N, 3) each
+    points, normal, color = interpolate_covered(per_vertex, faces, fragments).T.split(3)  # (3, N) each
 
     # Two-sided Lambert: turn each normal towards the camera (n . p < 0, p being the ray direction).
-    normal = torch.nn.functional.normalize(normal, dim=-1)
-    facing = torch.where((normal * points).sum(-1, keepdim=True) > 0, -1.0, 1.0)  # (N, 1)
-    lambert = ((normal * facing) * light[image]).sum(-1, keepdim=True).clamp_min(0)  # (N, 1)
-    shaded = (color * (ambient + (1 - ambient) * lambert)).clamp(0, 1)  # (N, 3)
+    normal = normal / (normal[0] ** 2 + normal[1] ** 2 + normal[2] ** 2).sqrt().clamp_min(1e-12)  # (3, N) unit
+    facing = torch.where((normal * points).sum(0) > 0, -1.0, 1.0)  # (N,)
+    light = light[:1].T if light_shared else light.T.contiguous()[:, image]  # (3, 1) or (3, N)
+    lambert = ((normal * light).sum(0) * facing).clamp_min(0)  # (N,) cos of the angle of incidence
+    shaded = (color * (ambient + (1 - ambient) * lambert)).clamp(0, 1)  # (3, N)
 
-    rgb = _background_image(background, batch, height, width, vertices)  # (B, H, W, 3)
-    rgb = rgb.view(-1, 3).index_put((pixel_index,), shaded).view(batch, height, width, 3)
+    # Write the shaded pixels over the background: channel c of pixel p is at p + (2 b + c) H W
+    # in the flattened (B, 3, H, W) image, b being p's image.
+    rgb = _background_image(background, batch, height, width, vertices)  # (B, 3, H, W)
+    channel = torch.arange(3, device=vertices.device)[:, None]  # (3, 1)
+    flat = (pixel_index + image * (2 * height * width)) + channel * (height * width)  # (3, N)
+    rgb = rgb.view(-1).index_put((flat.reshape(-1),), shaded.reshape(-1)).view(batch, 3, height, width)
 
     part_labels = None
     if vertex_labels is not None:
         part_labels = _part_labels(vertex_labels, faces, fragments, batch, num_vertices)
     return RenderOutput(
-        rgb=rgb.permute(0, 3, 1, 2).contiguous(),  # (B, 3, H, W)
+        rgb=rgb,
         depth=fragments.depth,
         mask=fragments.mask.to(vertices.dtype),
         face_index=fragments.face_index,
-        barycentrics=fragments.barycentrics,
         part_labels=part_labels,
+        fragments=fragments,
     )
 
 
@@ -193,7 +201,7 @@ def _part_labels(vertex_labels, faces, fragments, batch: int, num_vertices: int)
     height, width = fragments.image_size
     pixel_index = fragments.pixel_index
     face = fragments.face_index.reshape(-1)[pixel_index]  # (N,)
-    nearest_corner = fragments.barycentrics.reshape(-1, 3)[pixel_index].argmax(dim=-1)  # (N,)
+    nearest_corner = fragments.covered_barycentrics.argmax(dim=-1)  # (N,)
     vertex = faces[face, nearest_corner]  # (N,)
     image = torch.div(pixel_index, height * width, rounding_mode="floor") if labels.shape[0] > 1 else 0
     out = torch.full((batch * height * width,), -1, dtype=torch.long, device=faces.device)

@@ -28,41 +28,58 @@ from handlib.render.rasterize import (
     DEFAULT_NEAR,
     check_image_size,
     check_mesh,
+    depth_planes,
     enumerate_pixels,
+    evaluate_planes,
+    gather_last,
     front_facing,
+    pixel_boxes,
     pixel_centres,
     project_faces,
     screen_barycentrics,
 )
 
 
-def _squared_distance_to_edges(triangles: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+def edge_segments(triangles: torch.Tensor) -> torch.Tensor:
+    """The three edges of each triangle, as the table ``squared_distance_to_edges`` reads.
+
+    Args:
+        triangles: (..., 3, 2) corners, pixels; edge i goes from corner i to corner i + 1.
+
+    Returns:
+        (5, 3, ...): [start x, start y, edge x, edge y, 1 / |edge|^2] for each edge.
+    """
+    start = triangles.movedim(-2, 0).movedim(-1, 0)  # (2, 3, ...) corner i
+    edge = start.roll(-1, dims=1) - start  # (2, 3, ...) corner i + 1 - corner i
+    inverse_length_squared = 1.0 / (edge[0] ** 2 + edge[1] ** 2).clamp_min(1e-12)  # (3, ...)
+    return torch.cat([start, edge, inverse_length_squared[None]])  # (5, 3, ...)
+
+
+def squared_distance_to_edges(segments: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Squared distance from 2D points to the border of 2D triangles.
 
     For the segment from a to b: t = clamp((p - a).(b - a) / |b - a|^2, 0, 1), and the nearest
     point is a + t (b - a). The distance to the triangle's border is the smallest of three.
 
     Args:
-        triangles: (..., 3, 2) corners, pixels. points: (..., 2) pixels (broadcasting).
+        segments: (5, 3, ...) from ``edge_segments``. x, y: (...) point coordinates, pixels
+            (broadcasting against the segments' trailing dimensions).
 
     Returns:
         (...) squared distances, pixels^2.
     """
-    start = triangles  # (..., 3, 2) edge i goes from corner i to corner i + 1
-    edge = triangles.roll(-1, dims=-2) - start  # (..., 3, 2)
-    offset = points[..., None, :] - start  # (..., 3, 2)
-    length_squared = (edge * edge).sum(-1).clamp_min(1e-12)  # (..., 3)
-    t = ((offset * edge).sum(-1) / length_squared).clamp(0, 1)  # (..., 3)
-    to_edge = offset - t[..., None] * edge  # (..., 3, 2)
-    return (to_edge * to_edge).sum(-1).amin(dim=-1)  # (...)
+    start_x, start_y, edge_x, edge_y, inverse_length_squared = segments  # (3, ...) each
+    offset_x, offset_y = x - start_x, y - start_y  # (3, ...) p - a
+    t = ((offset_x * edge_x + offset_y * edge_y) * inverse_length_squared).clamp(0, 1)  # (3, ...)
+    to_edge_x, to_edge_y = offset_x - t * edge_x, offset_y - t * edge_y  # (3, ...) p - nearest point
+    distance_squared = to_edge_x**2 + to_edge_y**2  # (3, ...)
+    return torch.minimum(torch.minimum(distance_squared[0], distance_squared[1]), distance_squared[2])
 
 
-def _log_uncovered(triangles, double_area, points, sigma: float) -> torch.Tensor:
-    """log(1 - D_f(p)) for triangles (..., 3, 2) and points (..., 2): (...) (SoftRas eq. 1)."""
-    inside = (screen_barycentrics(triangles, double_area, points) >= 0).all(dim=-1)  # (...)
-    distance_squared = _squared_distance_to_edges(triangles, points)  # (...)
+def _log_uncovered(distance_squared: torch.Tensor, inside: torch.Tensor, sigma: float) -> torch.Tensor:
+    """log(1 - D_f(p)) = logsigmoid(-s d^2 / sigma), with s = +1 inside, -1 outside (SoftRas eq. 1)."""
     signed = torch.where(inside, distance_squared, -distance_squared) / sigma
-    return torch.nn.functional.logsigmoid(-signed)  # log(1 - sigmoid(signed))
+    return torch.nn.functional.logsigmoid(-signed)
 
 
 def _check_sigma(sigma: float, threshold: float):
@@ -112,21 +129,36 @@ def soft_silhouette(
     if cull_backfaces:
         valid = valid & front_facing(double_area)
     flat_triangles = triangles.reshape(batch * num_faces, 3, 2)  # (B*F, 3, 2)
-    flat_area = double_area.reshape(-1)  # (B*F,)
 
-    # Candidates: pixel centres within `margin` of a triangle's bounding box.
+    # Candidates: pixel centres within `margin` of a triangle (its term is below `threshold` beyond).
     margin = math.sqrt(sigma * math.log(1.0 / threshold - 1.0))  # pixels
     with torch.no_grad():
         corners = flat_triangles.detach()
-        boxes = torch.cat([corners.amin(dim=1) - margin, corners.amax(dim=1) + margin], dim=1)  # (B*F, 4)
-        item, x, y = enumerate_pixels(boxes, valid.reshape(-1), (height, width))  # (N,) each
+        first, size = pixel_boxes(corners, (height, width), margin)  # (B*F, 2) each
+        item, dx, dy = enumerate_pixels(size, valid.reshape(-1))  # (N,) each
+        # Signed distance to each edge's line, positive inside: planes over the pixel grid as in
+        # ``rasterize``, scaled by the triangle's heights h_i = 2 area / |opposite edge|.
+        area = double_area.detach().reshape(-1)  # (B*F,)
+        opposite_edge = corners.roll(-2, dims=1) - corners.roll(-1, dims=1)  # (B*F, 3, 2)
+        heights = area.abs()[:, None] / opposite_edge.norm(dim=-1)  # (B*F, 3)
+        planes = depth_planes(corners, heights, area, first + 0.5)  # (3, 3, B*F)
+        line_distance = evaluate_planes(gather_last(planes, item), dx.to(planes.dtype), dy.to(planes.dtype))  # (3, N)
+        # Inside: all three >= 0. Further than `margin` outside one edge's line: negligible, skip.
+        nearest_line = torch.minimum(torch.minimum(line_distance[0], line_distance[1]), line_distance[2])  # (N,)
+        keep = (nearest_line >= -margin).nonzero().squeeze(1)  # (N',)
+        item, inside = item.index_select(0, keep), nearest_line.index_select(0, keep) >= 0
+        x = gather_last(first[:, 0], item) + dx.index_select(0, keep)  # (N',) pixel column
+        y = gather_last(first[:, 1], item) + dy.index_select(0, keep)  # (N',) pixel row
         image = torch.div(item, num_faces, rounding_mode="floor")
-        pixel = (image * height + y) * width + x  # (N,) flat index into (B*H*W)
+        pixel = (image * height + y) * width + x  # (N',) flat index into (B*H*W)
 
-    # Each candidate's log(1 - D_f(p)), differentiable through the gathered corners.
-    log_uncovered = _log_uncovered(
-        flat_triangles[item], flat_area[item], pixel_centres(x, y, vertices.dtype), sigma
-    )  # (N,)
+    # Each candidate's log(1 - D_f(p)), differentiable through the gathered edges (one row at a time:
+    # fast on the CPU).
+    table = edge_segments(flat_triangles).reshape(15, -1)  # (5 * 3, B*F)
+    segments = torch.stack([row.index_select(0, item) for row in table]).view(5, 3, -1)  # (5, 3, N')
+    centres = pixel_centres(x, y, vertices.dtype)  # (N', 2)
+    distance_squared = squared_distance_to_edges(segments, centres[:, 0], centres[:, 1])  # (N',)
+    log_uncovered = _log_uncovered(distance_squared, inside, sigma)  # (N',)
     # log prod_f (1 - D_f) = sum_f log(1 - D_f), per pixel.
     log_background = vertices.new_zeros(batch * height * width).index_add(0, pixel, log_uncovered)
     return (1.0 - torch.exp(log_background)).view(batch, height, width)
@@ -156,6 +188,9 @@ def soft_silhouette_reference(
         torch.arange(height, device=vertices.device), torch.arange(width, device=vertices.device), indexing="ij"
     )
     centres = pixel_centres(columns.reshape(-1), rows.reshape(-1), vertices.dtype)  # (H*W, 2)
-    log_uncovered = _log_uncovered(triangles[:, :, None], double_area[:, :, None], centres[None, None], sigma)
+    every_face, every_pixel = triangles[:, :, None], centres[None, None]  # (B, F, 1, 3, 2), (1, 1, H*W, 2)
+    inside = (screen_barycentrics(every_face, double_area[:, :, None], every_pixel) >= 0).all(dim=-1)  # (B, F, H*W)
+    distance_squared = squared_distance_to_edges(edge_segments(every_face), every_pixel[..., 0], every_pixel[..., 1])
+    log_uncovered = _log_uncovered(distance_squared, inside, sigma)
     log_uncovered = torch.where(valid[:, :, None], log_uncovered, 0.0)  # (B, F, H*W)
     return (1.0 - torch.exp(log_uncovered.sum(dim=1))).view(-1, height, width)
