@@ -1,0 +1,164 @@
+"""Helpers for chapter 0 ("why is 3D hand pose estimation hard?"): small computations and pictures.
+
+Each function belongs to one demo of ``notebooks/00_challenges.ipynb``: the notebook calls them
+in a line or two, so the ideas stay visible and the plumbing stays here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from handlib.skeleton import BONES
+from handlib.viz.plot2d import bone_colors, draw_keypoints_2d, image_to_numpy
+
+
+def move_along_ray(keypoints_3d: torch.Tensor, joint: int, depth_change: float) -> torch.Tensor:
+    """Slide one keypoint along its camera ray: its 2D projection does not change, its 3D position does.
+
+    A point X projects to K X / Z; every point s X (s > 0) on the ray through X projects to the
+    same pixel. Choosing s = (Z + dz) / Z moves the point ``dz`` metres deeper.
+
+    Args:
+        keypoints_3d: (21, 3) metres, camera frame.
+        joint: index of the keypoint to move (course order).
+        depth_change: dz in metres (positive: away from the camera).
+
+    Returns:
+        (21, 3) a copy with keypoint ``joint`` moved.
+    """
+    if keypoints_3d.shape != (21, 3):
+        raise ValueError(f"keypoints_3d: expected shape (21, 3), got {tuple(keypoints_3d.shape)}")
+    if not 0 <= joint < 21:
+        raise ValueError(f"joint: expected a keypoint index in [0, 21), got {joint}")
+    moved = keypoints_3d.clone()
+    z = keypoints_3d[joint, 2]
+    moved[joint] = keypoints_3d[joint] * (z + depth_change) / z
+    return moved
+
+
+def draw_skeleton_top_view(ax, keypoints_3d, *, alpha: float = 1.0, linestyle: str = "-", label: str | None = None):
+    """Draw the skeleton seen from above: x (right) against z (depth), in millimetres.
+
+    Args:
+        ax: matplotlib Axes. keypoints_3d: (21, 3) metres, camera frame.
+    """
+    points = np.asarray(keypoints_3d, dtype=np.float64) * 1000.0
+    for (parent, child), color in zip(BONES, bone_colors()):
+        ax.plot(points[[parent, child], 0], points[[parent, child], 2], color=color, alpha=alpha, linestyle=linestyle)
+    ax.plot([], [], color="grey", linestyle=linestyle, label=label)
+    ax.set_xlabel("x (mm)")
+    ax.set_ylabel("depth z (mm)")
+    ax.set_aspect("equal", adjustable="datalim")
+    return ax
+
+
+def show_sample(ax, sample: dict, *, title: str | None = None, keypoints: bool = True, show_hidden: bool = True):
+    """An image with its 2D keypoints (hidden ones hollow and dashed) on a matplotlib Axes."""
+    ax.imshow(image_to_numpy(sample["image"]))
+    if keypoints:
+        size = sample["image"].shape[-1]
+        draw_keypoints_2d(ax, sample["keypoints_2d"], sample["visibility"], show_hidden=show_hidden,
+                          markersize=max(2.0, size / 40), linewidth=max(0.8, size / 90))
+        ax.set_xlim(0, size)
+        ax.set_ylim(sample["image"].shape[-2], 0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def keypoint_patches(image: torch.Tensor, keypoints_2d: torch.Tensor, joints, half_size: int = 6) -> torch.Tensor:
+    """Square patches of an image centred on some keypoints (zero outside the image).
+
+    Args:
+        image: (3, H, W) in [0, 1].
+        keypoints_2d: (21, 2) pixels.
+        joints: keypoint indices (course order).
+        half_size: the patches are (2 half_size) pixels wide.
+
+    Returns:
+        (len(joints), 3, 2 half_size, 2 half_size).
+    """
+    side = 2 * half_size
+    padded = torch.nn.functional.pad(image, (side, side, side, side))
+    patches = []
+    for j in joints:
+        u, v = (int(np.floor(float(c))) for c in keypoints_2d[j])
+        top, left = v - half_size + side, u - half_size + side
+        top = min(max(top, 0), padded.shape[1] - side)
+        left = min(max(left, 0), padded.shape[2] - side)
+        patches.append(padded[:, top:top + side, left:left + side])
+    return torch.stack(patches)
+
+
+def patch_similarity(patches: torch.Tensor) -> torch.Tensor:
+    """Normalised cross-correlation between every pair of patches: 1 = identical up to brightness and contrast.
+
+    Args:
+        patches: (N, C, h, w).
+
+    Returns:
+        (N, N) in [-1, 1].
+    """
+    flat = patches.flatten(1).double()
+    flat = flat - flat.mean(1, keepdim=True)
+    flat = flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-9)
+    return (flat @ flat.T).float()
+
+
+def pose_space_variance(poses: torch.Tensor) -> torch.Tensor:
+    """Fraction of the variance of a set of poses explained by the first k principal components.
+
+    Args:
+        poses: (N, D) finger poses (e.g. 45 axis-angle numbers per hand).
+
+    Returns:
+        (D,) cumulative explained variance, from k = 1 to D (ends at 1).
+    """
+    centred = poses.double() - poses.double().mean(0)
+    singular = torch.linalg.svdvals(centred)
+    variance = singular ** 2
+    return (variance.cumsum(0) / variance.sum()).float()
+
+
+REAL_DATASETS = (
+    # name, loader, files relative to the realdata folder, licence
+    ("RHD (rendered)", "RHDCoco", ("rhd/test_rhd.json",), "research only, non-commercial"),
+    ("FreiHAND", "FreiHANDKeypoints2D", ("freihand/test_freihand.json",), "research only, non-commercial"),
+    ("CMU Panoptic hands", "CMUHands2D", ("panoptic/test_panoptic.json",), "CMU's terms, research use"),
+    ("InterHand2.6M", "InterHand26M", ("interhand2.6m/test_interhand2.6m_data.json",
+                                       "interhand2.6m/test_interhand2.6m_camera.json",
+                                       "interhand2.6m/test_interhand2.6m_joint_3d.json"), "CC-BY-NC 4.0"),
+)
+
+
+def load_real_examples(realdata: Path, size: int = 128) -> list[tuple[str, str, dict]]:
+    """One real sample of each dataset in ``realdata`` (the project's ``shared/realdata``), cropped
+    around the hand to ``size`` pixels with ``crop_to_hand``.
+
+    Args:
+        realdata: folder holding rhd/, freihand/, panoptic/ and interhand2.6m/ (mmpose's test samples).
+        size: side of the crops, pixels.
+
+    Returns:
+        A list of (dataset name, licence, sample dict); datasets whose files are missing are left out.
+    """
+    from handlib.data import datasets
+
+    realdata = Path(realdata)
+    examples = []
+    for name, loader, files, licence in REAL_DATASETS:
+        paths = [realdata / f for f in files]
+        if not all(p.is_file() for p in paths):
+            continue
+        cls = getattr(datasets, loader)
+        data = cls(*paths, image_dir=paths[0].parent) if loader == "InterHand26M" else cls(paths[0])
+        examples.append((name, licence, datasets.crop_to_hand(data[0], size=size)))
+    return examples
+
+
+__all__ = ["REAL_DATASETS", "draw_skeleton_top_view", "keypoint_patches",
+           "load_real_examples", "move_along_ray", "patch_similarity", "pose_space_variance", "show_sample"]

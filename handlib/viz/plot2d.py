@@ -1,0 +1,155 @@
+"""Matplotlib pictures of 2D keypoints: the skeleton drawn on an image, one colour per finger.
+
+Every chapter draws keypoints the same way, so a student learns the colours once:
+thumb red, index orange, middle green, ring blue, pinky purple; the wrist is grey.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from handlib.skeleton import BONES, FINGER_KEYPOINTS, FINGERS, NUM_KEYPOINTS
+
+# One colour per finger (thumb to pinky), shared by the 2D and 3D plots.
+FINGER_COLORS = {"thumb": "#e6194b", "index": "#f58231", "middle": "#3cb44b", "ring": "#4363d8", "pinky": "#911eb4"}
+WRIST_COLOR = "#808080"
+
+
+def keypoint_colors() -> list[str]:
+    """The colour of each of the 21 keypoints (course order): the wrist grey, the rest their finger's."""
+    colors = [WRIST_COLOR] * NUM_KEYPOINTS
+    for finger, indices in FINGER_KEYPOINTS.items():
+        for i in indices:
+            colors[i] = FINGER_COLORS[finger]
+    return colors
+
+
+def bone_colors() -> list[str]:
+    """The colour of each bone of ``skeleton.BONES``: the colour of its child keypoint's finger."""
+    colors = keypoint_colors()
+    return [colors[child] for _, child in BONES]
+
+
+def _as_numpy(x, name: str, shape: tuple) -> np.ndarray:
+    """A (possibly torch) array as float numpy, checked against ``shape`` (None = any size)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    try:
+        x = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name}: expected a numeric array of shape {shape}, got {type(x).__name__}") from error
+    if x.ndim != len(shape) or any(e is not None and e != s for e, s in zip(shape, x.shape)):
+        pretty = "(" + ", ".join("N" if e is None else str(e) for e in shape) + ")"
+        hint = "; pass one hand, e.g. x[0]" if x.ndim == len(shape) + 1 else ""
+        raise ValueError(f"{name}: expected shape {pretty}, got {x.shape}{hint}")
+    return x
+
+
+def _visibility(visibility, count: int) -> np.ndarray:
+    if visibility is None:
+        return np.ones(count, dtype=bool)
+    visibility = _as_numpy(visibility, "visibility", (count,))
+    return visibility > 0.5
+
+
+def draw_keypoints_2d(ax, keypoints, visibility=None, *, linewidth: float = 2.0, markersize: float = 4.0,
+                      alpha: float = 1.0, color: str | None = None, label: str | None = None,
+                      show_hidden: bool = False):
+    """Draw the 21 keypoints and the 20 bones on a matplotlib axes, one colour per finger.
+
+    Args:
+        ax: a matplotlib Axes (image coordinates: x right, y down, in pixels).
+        keypoints: (21, 2) pixel coordinates (u, v), course order; numpy or torch.
+        visibility: (21,) 1 for visible, 0 for hidden keypoints; None: all visible. Hidden
+            keypoints and their bones are left out (or drawn dashed with ``show_hidden``).
+        linewidth: bone width, points.
+        markersize: keypoint marker size, points.
+        alpha: opacity.
+        color: one colour for the whole hand instead of per-finger colours (to overlay a
+            prediction on the ground truth, say).
+        label: legend label for the hand.
+        show_hidden: draw hidden keypoints as hollow markers and their bones dashed.
+
+    Returns:
+        The axes.
+
+    Example:
+        >>> import matplotlib.pyplot as plt                                   # doctest: +SKIP
+        >>> fig, ax = plt.subplots(); draw_keypoints_2d(ax, keypoints_2d[0])  # doctest: +SKIP
+    """
+    keypoints = _as_numpy(keypoints, "keypoints", (NUM_KEYPOINTS, 2))
+    visible = _visibility(visibility, NUM_KEYPOINTS)
+    colors = [color] * NUM_KEYPOINTS if color is not None else keypoint_colors()
+    for (parent, child), bone_color in zip(BONES, [colors[c] for _, c in BONES]):
+        both = visible[parent] and visible[child]
+        if both or show_hidden:
+            ax.plot(keypoints[[parent, child], 0], keypoints[[parent, child], 1], color=bone_color,
+                    linewidth=linewidth, alpha=alpha, linestyle="-" if both else "--", solid_capstyle="round")
+    for i in range(NUM_KEYPOINTS):
+        if visible[i] or show_hidden:
+            ax.plot(keypoints[i, 0], keypoints[i, 1], "o", color=colors[i], markersize=markersize, alpha=alpha,
+                    markerfacecolor=colors[i] if visible[i] else "none")
+    if label is not None:  # one legend entry for the whole hand
+        ax.plot([], [], "-o", color=color or WRIST_COLOR, label=label, linewidth=linewidth, markersize=markersize)
+    return ax
+
+
+def image_to_numpy(image) -> np.ndarray:
+    """An image as an (H, W, 3) or (H, W) float array in [0, 1] for ``imshow``.
+
+    Args:
+        image: torch (3, H, W) or (1, H, W) in [0, 1] (handlib's layout), or numpy (H, W, 3),
+            (H, W) float in [0, 1] or uint8.
+    """
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu()
+        if image.ndim == 3 and image.shape[0] in (1, 3):
+            image = image.permute(1, 2, 0)
+        image = image.numpy()
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3):
+        raise ValueError(f"image: expected (3, H, W) tensor or (H, W, 3) / (H, W) array, got shape {image.shape}")
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    return np.clip(image.astype(np.float32), 0.0, 1.0)
+
+
+def show_image_with_keypoints(image, keypoints=None, visibility=None, *, ax=None, title: str | None = None,
+                              prediction=None, figsize=(4, 4)):
+    """Show an image with its keypoints (and optionally a prediction drawn in one colour on top).
+
+    Args:
+        image: (3, H, W) tensor in [0, 1], or an (H, W, 3) array.
+        keypoints: (21, 2) pixels, course order, or None for the image alone.
+        visibility: (21,) or None.
+        ax: axes to draw on; None makes a new figure.
+        title: axes title.
+        prediction: (21, 2) pixels, drawn in white over the keypoints, or None.
+        figsize: size of a new figure, inches.
+
+    Returns:
+        The axes.
+    """
+    import matplotlib.pyplot as plt
+
+    picture = image_to_numpy(image)
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize)
+    ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None)
+    if keypoints is not None:
+        draw_keypoints_2d(ax, keypoints, visibility)
+    if prediction is not None:
+        draw_keypoints_2d(ax, prediction, color="white", linewidth=1.0, markersize=2.5, alpha=0.9)
+    height, width = picture.shape[:2]
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(height - 0.5, -0.5)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+__all__ = ["FINGER_COLORS", "FINGERS", "WRIST_COLOR", "bone_colors", "draw_keypoints_2d", "image_to_numpy",
+           "keypoint_colors", "show_image_with_keypoints"]

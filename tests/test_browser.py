@@ -1,0 +1,177 @@
+"""The explorer in a real browser: JupyterLab, headless Chromium, Playwright.
+
+nbval talks to the kernel only, so it cannot see whether a slider in the page really moves the
+hand. This test starts JupyterLab on a free loopback port, opens notebooks/01_mano.ipynb in
+Debian's Chromium (never a browser downloaded by ``playwright install``), runs every cell,
+presses the right-arrow key on the explorer's first slider, and checks that the mesh vertices
+plotly holds in the page have changed. It is skipped, with the reason printed, where Chromium or
+Playwright is missing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path(os.environ.get("HANDLIB_CHROMIUM", "/usr/bin/chromium"))
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "01_mano.ipynb"
+TIMEOUT_S = 150  # the whole test; the notebook itself runs in well under a minute
+
+# JavaScript run in the page. The explorer's output is the one that holds both sliders and a plot.
+EXPLORER_MESH_X = """() => {
+    const outputs = [...window.jupyterapp.shell.currentWidget.node.querySelectorAll('.jp-OutputArea-output')];
+    const output = outputs.find(o => o.querySelector('.widget-slider') && o.querySelector('.js-plotly-plot'));
+    if (!output) return null;
+    const gd = output.querySelector('.js-plotly-plot');
+    const mesh = (gd._fullData || []).find(trace => trace.type === 'mesh3d');
+    return mesh ? Array.from(mesh.x) : null;
+}"""
+ALL_CELLS_RAN = """() => {
+    const panel = window.jupyterapp.shell.currentWidget;
+    const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
+    const cells = panel.content.widgets.filter(cell => cell.model.type === 'code');
+    return kernel && kernel.status === 'idle' && cells.every(cell => cell.model.executionCount !== null);
+}"""
+KERNEL_IDLE = """() => {
+    const panel = window.jupyterapp && window.jupyterapp.shell && window.jupyterapp.shell.currentWidget;
+    return !!(panel && panel.sessionContext && panel.sessionContext.session
+              && panel.sessionContext.session.kernel && panel.sessionContext.session.kernel.status === 'idle'
+              && panel.content && panel.content.widgets && panel.content.widgets.length > 0);
+}"""
+
+
+def _requirements() -> str | None:
+    """Why the test cannot run here, or None."""
+    if not CHROMIUM.exists():
+        return f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium) to run the browser test"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright Python package is not installed (pip install playwright; no browser download needed)"
+    if not NOTEBOOK.exists():
+        return f"{NOTEBOOK} not found"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _quiet_settings(settings: Path):
+    """JupyterLab settings that keep the page still: no "get Jupyter news?" toast over the output."""
+    notification = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    notification.parent.mkdir(parents=True, exist_ok=True)
+    notification.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+
+
+def _start_jupyter_lab(root: Path, port: int, log) -> subprocess.Popen:
+    command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+               "--ServerApp.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
+               "--LabApp.expose_app_in_browser=True", f"--ServerApp.root_dir={root}",
+               f"--LabApp.workspaces_dir={root / '.workspaces'}", f"--LabApp.user_settings_dir={root / '.settings'}"]
+    _quiet_settings(root / ".settings")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        command.append("--allow-root")  # JupyterLab refuses to run as root without it
+    env = dict(os.environ, HANDLIB_PROFILE=os.environ.get("HANDLIB_PROFILE", "quick"),
+               JUPYTER_CONFIG_DIR=str(root / ".jupyter"))
+    # A process group of its own, so the kernels it starts are stopped with it.
+    return subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _wait_until_up(server: subprocess.Popen, port: int, deadline: float):
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"jupyter lab exited with code {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError("jupyter lab did not answer /api/status in time")
+
+
+def _stop(server: subprocess.Popen):
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=5)
+
+
+def test_slider_moves_the_hand_in_the_browser():
+    reason = _requirements()
+    if reason:
+        print(f"SKIPPED browser test: {reason}")
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    start = time.monotonic()
+    deadline = start + TIMEOUT_S
+    work = Path(tempfile.mkdtemp(prefix="handlib-browser-"))
+    root = work / "notebooks"
+    root.mkdir()
+    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
+    port = _free_port()
+    log = open(work / "jupyter.log", "w")
+    server = _start_jupyter_lab(root, port, log)
+    console_errors = []
+    try:
+        _wait_until_up(server, port, deadline)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                                 args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+                page.goto(f"http://127.0.0.1:{port}/lab/tree/{NOTEBOOK.name}?reset")
+                left = lambda: max(1.0, deadline - time.monotonic()) * 1000  # noqa: E731  milliseconds
+                page.wait_for_function(KERNEL_IDLE, timeout=left(), polling=250)
+                page.evaluate("() => window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs')")
+                page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+                page.wait_for_function(ALL_CELLS_RAN, timeout=left(), polling=500)
+                ran = time.monotonic() - start
+                page.wait_for_function(f"() => ({EXPLORER_MESH_X})() !== null", timeout=left(), polling=250)
+                before = page.evaluate(EXPLORER_MESH_X)
+
+                handle = page.locator(".jp-OutputArea-output .widget-slider .noUi-handle").filter(visible=True).first
+                handle.scroll_into_view_if_needed()
+                handle.focus()
+                for _ in range(5):
+                    page.keyboard.press("ArrowRight")
+                changed = ("(before) => { const x = (" + EXPLORER_MESH_X + ")(); "
+                           "return !!x && x.some((v, i) => Math.abs(v - before[i]) > 1e-6); }")
+                page.wait_for_function(changed, arg=before, timeout=left(), polling=250)
+                after = page.evaluate(EXPLORER_MESH_X)
+                readout = handle.locator("xpath=ancestor::div[contains(@class,'widget-slider')]"
+                                         "//div[contains(@class,'widget-readout')]").first.inner_text()
+                shot = Path(tempfile.gettempdir()) / "handlib-browser-test.png"
+                page.locator(".jp-OutputArea-output .js-plotly-plot").last.scroll_into_view_if_needed()
+                page.screenshot(path=str(shot))
+                print(f"browser test: slider readout {readout}, {len(before)} vertices, "
+                      f"max |dx| {max(abs(a - b) for a, b in zip(after, before)):.5f} m, "
+                      f"notebook ran after {ran:.0f} s, {time.monotonic() - start:.0f} s in all, screenshot {shot}, "
+                      f"{len(console_errors)} console errors")
+            finally:
+                browser.close()
+        assert len(after) == len(before) > 0
+        assert max(abs(a - b) for a, b in zip(after, before)) > 1e-4
+        assert float(readout) > 0  # the slider moved (from 0) in the page
+    finally:
+        _stop(server)
+        log.close()
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,261 @@
+"""Tests of the synthetic data engine (handlib.data.synth): the sample contract, determinism,
+geometry (projection, depth, visibility), the knobs, and the on-disk cache of the test set.
+
+Small images (32 to 64 px) and a handful of samples keep the whole file well under a minute.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from handlib.data import synth
+from handlib.data.sample import SAMPLE_KEYS, make_sample
+from handlib.geometry import axis_angle_to_matrix, project_points
+from handlib.skeleton import FINGERTIPS
+
+SIZE = 48
+
+
+def _model_available() -> bool:
+    from handlib.mano import default_model_path
+
+    try:
+        default_model_path()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+pytestmark = pytest.mark.skipif(not _model_available(), reason="no hand model: run `python -m handlib build-hand`")
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """Eight samples with occluders, and their layers (hand before occluders, occluder pixels)."""
+    return synth.render_batch(8, seed=3, image_size=SIZE, occlusion=0.6, return_layers=True)
+
+
+def _keypoint_pixels(keypoints_2d, size):
+    column, row = keypoints_2d.unbind(-1)
+    return (row.floor().clamp(0, size - 1) * size + column.floor().clamp(0, size - 1)).long()
+
+
+def test_shapes_and_dtypes_match_make_sample(batch):
+    sample = synth.unbatch(batch)[0]
+    reference = make_sample(torch.rand(3, SIZE, SIZE), torch.zeros(21, 2), torch.eye(3), mask=torch.zeros(SIZE, SIZE),
+                            depth=torch.zeros(SIZE, SIZE), keypoints_3d=torch.zeros(21, 3), visibility=torch.ones(21),
+                            pose=torch.zeros(48), betas=torch.zeros(10))
+    assert set(sample) == set(SAMPLE_KEYS)
+    for key in SAMPLE_KEYS:
+        assert sample[key].shape == reference[key].shape, key
+        assert sample[key].dtype == reference[key].dtype, key
+    assert batch["image"].min() >= 0 and batch["image"].max() <= 1
+    assert batch["has_3d"].all() and batch["has_mask"].all() and batch["has_depth"].all() and batch["has_mano"].all()
+    assert (batch["is_right"] == 1).all()
+
+
+def test_same_seed_same_tensors_other_seed_other_tensors(batch):
+    again = synth.render_batch(8, seed=3, image_size=SIZE, occlusion=0.6)
+    other = synth.render_batch(8, seed=4, image_size=SIZE, occlusion=0.6)
+    for key in SAMPLE_KEYS:
+        assert torch.equal(batch[key], again[key]), key
+    assert not torch.allclose(batch["image"], other["image"])
+    assert not torch.allclose(batch["keypoints_3d"], other["keypoints_3d"])
+    val = synth.render_batch(8, seed=3, split="val", image_size=SIZE, occlusion=0.6)
+    assert not torch.allclose(batch["pose"], val["pose"])  # splits are independent streams
+
+
+def test_a_sample_does_not_depend_on_its_batch(batch):
+    alone = synth.render_batch([5], seed=3, image_size=SIZE, occlusion=0.6)
+    shuffled = synth.render_batch([7, 5, 2], seed=3, image_size=SIZE, occlusion=0.6)
+    for key in SAMPLE_KEYS:
+        assert torch.equal(alone[key][0], batch[key][5]), key
+        assert torch.equal(shuffled[key][1], batch[key][5]), key
+    dataset = synth.SyntheticHandDataset(8, seed=3, image_size=SIZE, occlusion=0.6, block_size=4)
+    items = [dataset[5], dataset.__getitems__([6, 5])[1]]
+    for item in items:
+        for key in SAMPLE_KEYS:
+            assert torch.equal(item[key], batch[key][5]), key
+
+
+def test_dataloader_batches_equal_render_batch():
+    dataset = synth.SyntheticHandDataset(6, seed=1, image_size=32)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=3, shuffle=False)
+    first = next(iter(loader))
+    direct = synth.render_batch([0, 1, 2], seed=1, image_size=32)
+    for key in SAMPLE_KEYS:
+        assert torch.equal(first[key], direct[key]), key
+    assert len(dataset) == 6
+    with pytest.raises(IndexError):
+        dataset[6]
+
+
+def test_keypoints_3d_project_onto_keypoints_2d(batch):
+    projected = project_points(batch["keypoints_3d"], batch["K"])
+    assert (projected - batch["keypoints_2d"]).abs().max() < 1e-3  # pixels
+    assert (batch["keypoints_3d"][..., 2] > 0.2).all() and (batch["keypoints_3d"][..., 2] < 0.85).all()
+    # K is a pinhole with square pixels; the crop is around the hand, so the wrist is in the image.
+    assert torch.allclose(batch["K"][:, 0, 0], batch["K"][:, 1, 1])
+    wrist = batch["keypoints_2d"][:, 0]
+    assert ((wrist > 0) & (wrist < SIZE)).all()
+
+
+def test_depth_at_visible_keypoints_is_consistent(batch):
+    pixel = _keypoint_pixels(batch["keypoints_2d"], SIZE)
+    surface = batch["depth"].flatten(1).gather(1, pixel)  # depth at each keypoint's pixel, 0 off the hand
+    z = batch["keypoints_3d"][..., 2]
+    visible = batch["visibility"] > 0
+    on_hand = visible & (surface > 0)
+    # Nothing lies more than the tolerance in front of a visible keypoint ...
+    tolerance = torch.tensor(synth.VISIBILITY_TOLERANCE).expand_as(z)
+    assert len(synth.VISIBILITY_TOLERANCE) == 21
+    assert (surface[on_hand] >= z[on_hand] - tolerance[on_hand]).all()
+    # ... and the skin over most visible keypoints is close: joints lie about half a finger
+    # (< 1.5 cm) behind it, fingertips on it or just behind the nail.
+    gap = (z - surface)[on_hand]
+    assert on_hand.sum() > 40
+    assert (gap.abs() < 0.02).float().mean() > 0.8
+    tips = torch.zeros_like(visible)
+    tips[:, list(FINGERTIPS)] = True
+    tip_gap = (z - surface)[on_hand & tips]
+    assert tip_gap.abs().median() < 0.012  # fingertips are skin vertices at the end of the finger
+
+
+def test_mask_is_hand_depth_minus_occluders(batch):
+    assert torch.equal(batch["mask"] > 0, batch["depth"] > 0)
+    hand, occluders = batch["hand_mask"] > 0, batch["occluder_mask"] > 0
+    assert torch.equal(batch["mask"] > 0, hand & ~occluders)
+    assert (hand & occluders).any()  # with occlusion=0.6 some hand pixels are covered
+    # Keypoints whose pixel shows an occluder in front of everything are not visible.
+    pixel = _keypoint_pixels(batch["keypoints_2d"], SIZE)
+    under_occluder = batch["occluder_mask"].flatten(1).gather(1, pixel) > 0
+    assert (batch["visibility"][under_occluder] == 0).all()
+
+
+def test_occlusion_knob_hides_more_keypoints():
+    fractions = []
+    for occlusion in (0.0, 1.0):
+        samples = synth.render_batch(16, seed=7, image_size=32, occlusion=occlusion, background="black")
+        fractions.append(1 - samples["visibility"].mean().item())
+    assert fractions[1] > fractions[0] + 0.05, fractions
+
+
+def test_resolution_knob_and_same_hand_at_every_size():
+    small = synth.render_batch([0, 1], seed=2, image_size=16)
+    large = synth.render_batch([0, 1], seed=2, image_size=64)
+    assert small["image"].shape == (2, 3, 16, 16) and large["mask"].shape == (2, 64, 64)
+    # The hand, its pose and its camera do not depend on the image size; the pixels scale by 4.
+    assert torch.equal(small["keypoints_3d"], large["keypoints_3d"])
+    assert torch.allclose(large["keypoints_2d"], 4 * small["keypoints_2d"], atol=1e-3)
+
+
+def test_viewpoint_knob_turns_the_palm():
+    from handlib.mano.prior import default_prior
+
+    palm_normal = default_prior().palm_normal
+    for viewpoint, sign in (("palm_towards", -1), ("palm_away", 1)):
+        pose = synth.render_batch(8, seed=0, image_size=16, viewpoint=viewpoint)["pose"][:, :3]
+        normal_z = (axis_angle_to_matrix(pose) @ palm_normal)[:, 2]
+        assert (sign * normal_z > 0.29).all(), viewpoint
+
+
+def test_left_hands_are_mirrored():
+    right = synth.render_batch([0], seed=5, image_size=32)
+    left = synth.render_batch([0], seed=5, image_size=32, hand_side="left")
+    assert left["is_right"][0] == 0
+    assert torch.equal(left["image"][0], right["image"][0].flip(-1))
+    assert torch.allclose(project_points(left["keypoints_3d"], left["K"]), left["keypoints_2d"], atol=1e-3)
+
+
+@pytest.mark.parametrize("knobs, word", [
+    (dict(image_size=8), "image_size"), (dict(occlusion=1.5), "occlusion"), (dict(viewpoint="top"), "viewpoint"),
+    (dict(pose_kind="dance"), "pose_kind"), (dict(hand_side="middle"), "hand_side"),
+    (dict(distance=(0.7, 0.3)), "distance"), (dict(colour="red"), "unknown"),
+])
+def test_bad_knobs_raise(knobs, word):
+    with pytest.raises(ValueError, match=word):
+        synth.render_batch(1, **knobs)
+
+
+def test_bad_arguments_raise(tmp_path):
+    with pytest.raises(ValueError, match="split"):
+        synth.render_batch(1, split="holdout")
+    with pytest.raises(ValueError, match="seed"):
+        synth.render_batch(1, seed=-1)
+    with pytest.raises(ValueError, match="indices"):
+        synth.render_batch([])
+    with pytest.raises(ValueError, match="num_samples"):
+        synth.SyntheticHandDataset(0)
+    with pytest.raises(ValueError, match="num_samples"):
+        synth.cached_test_set(num_samples=-3, cache_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="on_corrupt"):
+        synth.cached_test_set(num_samples=1, cache_dir=tmp_path, progress=False, on_corrupt="ignore")
+
+
+def test_close_holes_caps_a_square_tube():
+    # A tube of 4 side quads (8 triangles) open at both ends gets two caps of 2 triangles each.
+    faces = []
+    for i in range(4):
+        a, b, c, d = i, (i + 1) % 4, 4 + (i + 1) % 4, 4 + i
+        faces += [[a, b, c], [a, c, d]]
+    closed = synth.close_holes(torch.tensor(faces))
+    assert closed.shape == (12, 3)
+    edges = closed[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2).tolist()
+    assert len(set(map(tuple, edges))) == len(edges)  # every directed edge once: consistently oriented
+    assert all((b, a) in set(map(tuple, edges)) for a, b in edges)  # and closed
+
+
+# --------------------------------------------------------------------------------------------------
+# The cache
+
+def _cache(tmp_path, **kwargs):
+    return synth.cached_test_set(num_samples=14, seed=1, image_size=32, cache_dir=tmp_path, progress=False,
+                                 chunk_size=8, render_block=8, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def test_cache_writes_and_reloads_identically(cache_dir):
+    first = _cache(cache_dir)
+    directory = first.directory
+    chunks = sorted(directory.glob("chunk_*.npz"))
+    assert [c.name for c in chunks] == ["chunk_00000.npz", "chunk_00001.npz"]  # 14 samples -> 2 chunks of 8
+    assert not list(directory.glob(".*tmp*"))  # no temporary files left
+    assert len(first) == 14
+    second = _cache(cache_dir)
+    for i in (0, 13):
+        for key in SAMPLE_KEYS:
+            assert torch.equal(first[i][key], second[i][key]), key
+    # The cached sample is the rendered one, up to 8-bit images and float16 depth.
+    rendered = synth.render_batch([13], seed=1, split="test", image_size=32)
+    sample = first[13]
+    assert (sample["image"] - rendered["image"][0]).abs().max() <= 0.5 / 255 + 1e-6
+    assert (sample["depth"] - rendered["depth"][0]).abs().max() < 1e-3
+    assert torch.equal(sample["keypoints_3d"], rendered["keypoints_3d"][0])
+    assert set(sample) == set(SAMPLE_KEYS)
+
+
+def test_cache_resumes_after_a_chunk_is_deleted(cache_dir):
+    first = _cache(cache_dir)
+    chunk = first.directory / "chunk_00001.npz"
+    kept = (first.directory / "chunk_00000.npz").stat().st_mtime_ns
+    chunk.unlink()
+    again = _cache(cache_dir)
+    assert chunk.exists()
+    assert (first.directory / "chunk_00000.npz").stat().st_mtime_ns == kept  # the first chunk was not redone
+    assert np.array_equal(first.arrays["image"], again.arrays["image"])
+
+
+def test_corrupt_chunk_raises_naming_the_file_or_is_regenerated(cache_dir):
+    first = _cache(cache_dir)
+    chunk = first.directory / "chunk_00000.npz"
+    chunk.write_bytes(chunk.read_bytes()[:1000])  # truncated, as by a full disk
+    with pytest.raises(ValueError, match="chunk_00000.npz"):
+        _cache(cache_dir)
+    again = _cache(cache_dir, on_corrupt="regenerate")
+    assert np.array_equal(first.arrays["image"], again.arrays["image"])
+    assert not list(first.directory.glob(".*tmp*"))
