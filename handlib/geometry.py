@@ -237,35 +237,57 @@ def unproject_points(pixels: torch.Tensor, depth: torch.Tensor, K: torch.Tensor)
     return rays * depth[..., None]
 
 
-def procrustes_align(points: torch.Tensor, target: torch.Tensor, scale: bool = True) -> torch.Tensor:
-    """Similarity transform of ``points`` that best matches ``target`` in the least-squares sense.
+def procrustes(points: torch.Tensor, target: torch.Tensor, scale: bool = True,
+               weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The similarity transform q ~ s R p + t that best matches ``points`` to ``target``.
 
-    Solves min_{s, R, t} sum_i |s R p_i + t - q_i|^2 (Umeyama 1991), with det(R) = +1, per batch
-    element. This is FreiHAND's "aligned" protocol when ``scale=True``.
+    Solves min_{s, R, t} sum_i w_i |s R p_i + t - q_i|^2 with det(R) = +1 (Kabsch 1976 for R,
+    Umeyama 1991 for s), per batch element: centre both sets on their weighted centroids, take
+    the SVD of the weighted covariance, and flip the last axis if that would give a reflection.
 
     Args:
-        points: (B, N, 3) predictions.
-        target: (B, N, 3) ground truth.
-        scale: estimate the scale s too (else s = 1).
+        points: (B, N, 3) points to move (e.g. predictions).
+        target: (B, N, 3) points to match (e.g. ground truth).
+        scale: estimate the scale s too (else s = 1: a rigid transform).
+        weights: (B, N) non-negative weights, or None for all ones.
 
     Returns:
-        (B, N, 3): ``points`` after the best transform.
+        s (B,), R (B, 3, 3), t (B, 3).
     """
     _check_last(points, 3, "points")
     if points.shape != target.shape or points.ndim != 3:
         raise ValueError(f"points, target: expected equal shapes (B, N, 3), got {tuple(points.shape)} "
                          f"and {tuple(target.shape)}")
-    mu_p, mu_q = points.mean(1, keepdim=True), target.mean(1, keepdim=True)
+    if weights is None:
+        weights = torch.ones(points.shape[:2], dtype=points.dtype, device=points.device)
+    w = (weights / weights.sum(1, keepdim=True).clamp_min(1e-12))[..., None]  # (B, N, 1), sums to 1
+    mu_p, mu_q = (w * points).sum(1, keepdim=True), (w * target).sum(1, keepdim=True)  # (B, 1, 3)
     p, q = points - mu_p, target - mu_q
-    covariance = p.transpose(1, 2) @ q  # (B, 3, 3)
+    covariance = (w * p).transpose(1, 2) @ q  # (B, 3, 3) = sum_i w_i p_i q_i^T
     u, sigma, vt = torch.linalg.svd(covariance)
     d = torch.sign(torch.linalg.det(vt.transpose(1, 2) @ u.transpose(1, 2)))
-    d = torch.where(d == 0, torch.ones_like(d), d)
-    correction = torch.ones_like(sigma)
-    correction[:, 2] = d
+    correction = torch.stack([torch.ones_like(d), torch.ones_like(d), torch.where(d == 0, 1.0, d)], -1)  # (B, 3)
     rotation = vt.transpose(1, 2) @ torch.diag_embed(correction) @ u.transpose(1, 2)  # (B, 3, 3)
     if scale:
-        s = (sigma * correction).sum(-1) / (p * p).sum((1, 2)).clamp_min(1e-12)
+        s = (sigma * correction).sum(-1) / (w * p * p).sum((1, 2)).clamp_min(1e-12)
     else:
         s = torch.ones_like(sigma[:, 0])
-    return s[:, None, None] * p @ rotation.transpose(1, 2) + mu_q
+    translation = mu_q[:, 0] - s[:, None] * (rotation @ mu_p[:, 0, :, None])[..., 0]
+    return s, rotation, translation
+
+
+def procrustes_align(points: torch.Tensor, target: torch.Tensor, scale: bool = True) -> torch.Tensor:
+    """``points`` after the best similarity (or rigid, ``scale=False``) transform onto ``target``.
+
+    This is FreiHAND's "aligned" protocol when ``scale=True``; see ``procrustes``.
+
+    Args:
+        points: (B, N, 3) predictions.
+        target: (B, N, 3) ground truth.
+        scale: estimate the scale too.
+
+    Returns:
+        (B, N, 3).
+    """
+    s, rotation, translation = procrustes(points, target, scale)
+    return s[:, None, None] * points @ rotation.transpose(1, 2) + translation[:, None]

@@ -8,7 +8,7 @@ from handlib.geometry import axis_angle_to_matrix, project_points
 from handlib.mano import ManoLayer
 from handlib.mano.prior import HandPosePrior
 from handlib.mano.fit import (FitResult, fit_to_keypoints_2d, fit_to_keypoints_3d, init_from_keypoints_2d,
-                              init_from_keypoints_3d, kabsch_rotation)
+                              init_from_keypoints_3d)
 
 NUM_PCA = 12
 K = torch.tensor([[400.0, 0.0, 112.0], [0.0, 400.0, 112.0], [0.0, 0.0, 1.0]])
@@ -48,18 +48,6 @@ def random_hands(layer, batch, seed, depth=0.45):
                   transl=torch.tensor([0.0, 0.0, depth]) + 0.03 * torch.randn(batch, 3, generator=generator))
     with torch.no_grad():
         return params, layer(**params)
-
-
-def test_kabsch_recovers_a_known_rotation():
-    points = torch.randn(2, 6, 3, generator=torch.Generator().manual_seed(0))
-    rotation = axis_angle_to_matrix(torch.tensor([[0.0, 0.0, torch.pi / 2], [0.3, -1.0, 2.0]]))
-    target = points @ rotation.transpose(1, 2) + torch.tensor([1.0, 2.0, 3.0])
-    assert torch.allclose(kabsch_rotation(points, target), rotation, atol=1e-5)
-    # A mirrored target is not a rotation: the answer stays a proper rotation (det +1).
-    mirrored = target * torch.tensor([-1.0, 1.0, 1.0])
-    assert torch.allclose(torch.linalg.det(kabsch_rotation(points, mirrored)), torch.ones(2), atol=1e-5)
-    with pytest.raises(ValueError, match="source, target"):
-        kabsch_rotation(points, target[:, :5])
 
 
 def test_init_3d_is_exact_for_a_rigidly_moved_rest_hand(layer):

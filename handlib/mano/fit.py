@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from handlib.geometry import (axis_angle_to_matrix, matrix_to_axis_angle, matrix_to_rotation_6d,
+from handlib.geometry import (axis_angle_to_matrix, matrix_to_axis_angle, matrix_to_rotation_6d, procrustes,
                               project_points, rotation_6d_to_matrix)
 from handlib.mano.layer import HandOutput, ManoLayer
 from handlib.mano.prior import HandPosePrior
@@ -137,35 +137,6 @@ def _check_options(optimizer: str, rotation: str, steps: int):
 # Initialisation
 
 
-def kabsch_rotation(source: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """The rotation R minimising sum_i w_i |R (s_i - s_mean) - (t_i - t_mean)|^2 (Kabsch 1976).
-
-    The centroids are the weighted means. ``geometry.procrustes_align`` applies the same
-    alignment; this returns the rotation itself, which a fit needs as its starting point.
-
-    Args:
-        source: (B, N, 3) points to rotate.
-        target: (B, N, 3) points to match.
-        weights: (B, N) non-negative weights, or None for all ones.
-
-    Returns:
-        (B, 3, 3) rotation matrices, det = +1.
-    """
-    if source.shape != target.shape or source.ndim != 3 or source.shape[-1] != 3:
-        raise ValueError(f"source, target: expected equal shapes (B, N, 3), got {tuple(source.shape)} "
-                         f"and {tuple(target.shape)}")
-    weights = torch.ones(source.shape[:2], dtype=source.dtype, device=source.device) if weights is None else weights
-    w = (weights / weights.sum(1, keepdim=True).clamp_min(1e-12))[..., None]  # (B, N, 1)
-    s = source - (w * source).sum(1, keepdim=True)
-    t = target - (w * target).sum(1, keepdim=True)
-    covariance = (w * s).transpose(1, 2) @ t  # (B, 3, 3): sum_i w_i s_i t_i^T
-    u, _, vt = torch.linalg.svd(covariance)
-    d = torch.sign(torch.linalg.det(vt.transpose(1, 2) @ u.transpose(1, 2)))
-    d = torch.where(d == 0, torch.ones_like(d), d)
-    correction = torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], dim=-1))
-    return vt.transpose(1, 2) @ correction @ u.transpose(1, 2)
-
-
 def _rest_joints(layer: ManoLayer, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The 21 joints (B, 21, 3) and the wrist (B, 3) of the mean-shape hand in its zero pose."""
     with torch.no_grad():
@@ -207,7 +178,7 @@ def init_from_keypoints_3d(layer: ManoLayer, keypoints_3d: torch.Tensor, visibil
     keypoints_3d = _finite_where_visible(keypoints_3d, visibility, "keypoints_3d")
     weights = _init_weights(visibility)
     rest, wrist = _rest_joints(layer, keypoints_3d.shape[0])
-    rotation = kabsch_rotation(rest, keypoints_3d, weights)
+    _, rotation, _ = procrustes(rest, keypoints_3d, scale=False, weights=weights)
     w = (weights / weights.sum(1, keepdim=True))[..., None]
     rest_centre, target_centre = (w * rest).sum(1), (w * keypoints_3d).sum(1)  # (B, 3)
     # R (c_rest - wrist) + wrist + t = c_target
