@@ -42,8 +42,10 @@ from handlib.files import atomic_path, load_torch, save_torch
 from handlib.runtime import PROFILES, get_device, get_profile, seed_everything
 
 DEFAULT_CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
-# The fixed test set is drawn with its own seed, so it is the same whatever seed a run trains with.
-TEST_SEED = 2017
+DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / "data" / "cache"
+# The fixed test set has its own seed (that of ``handlib.data.synth.cached_test_set``), so it is the
+# same whatever seed a run trains with; the "test" split never repeats a "train" sample.
+TEST_SEED = 0
 CHECKPOINT_FORMAT = 1
 # Modules that register methods when imported (each calls ``register_method``). Add new ones here.
 METHOD_MODULES = ["handlib.models.zimmermann2017"]
@@ -90,26 +92,27 @@ class TrainingProfile:
 def synthetic_dataset(split: str, num_samples: int, seed: int, image_size: int = 128) -> Dataset:
     """THE place where training meets data: the course's synthetic hands (``handlib.data.synth``).
 
-    Every method's default ``MethodSpec.make_dataset``. It returns a ``Dataset`` whose items are
-    ``make_sample`` dicts; the same (split, num_samples, seed, image_size) gives the same samples.
+    Every method's default ``MethodSpec.make_dataset``. "train" renders samples on the fly
+    (``SyntheticHandDataset``: sample i of (seed, "train") is always the same); "test" is the
+    fixed test set, rendered once and cached on disk under ``DEFAULT_CACHE_DIR``
+    (``cached_test_set``).
 
     Args:
-        split: "train" or "test" (the test set is drawn with ``TEST_SEED``).
+        split: "train" or "test".
         num_samples: number of samples.
-        seed: seed of the samples.
+        seed: seed of the samples (``TEST_SEED`` for the benchmark's test set).
         image_size: side of the square images, pixels.
 
     Returns:
         A ``torch.utils.data.Dataset`` of sample dicts (``handlib.data.sample.SAMPLE_KEYS``).
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
-    try:
-        from handlib.data.synth import SyntheticHandDataset
-    except ImportError as error:
-        raise ImportError("synthetic_dataset: handlib.data.synth is not available yet; pass make_dataset= "
-                          "to the MethodSpec, or dataset= to train()/evaluate()") from error
-    return SyntheticHandDataset(num_samples=num_samples, seed=seed, image_size=image_size)
+    from handlib.data import synth
+
+    if split == "train":
+        return synth.SyntheticHandDataset(num_samples, seed=seed, split="train", image_size=image_size)
+    if split == "test":
+        return synth.cached_test_set(num_samples, seed=seed, image_size=image_size, cache_dir=DEFAULT_CACHE_DIR)
+    raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
 
 
 @dataclass
@@ -306,16 +309,16 @@ class TrainResult:
 
 def _provenance(profile: str, device: torch.device, seed: int, wall_time_s: float) -> dict:
     return {"command": " ".join(sys.argv), "profile": profile, "device": str(device), "seed": seed,
-            "wall_time_s": float(wall_time_s), "torch": torch.__version__,
+            "wall_time_s": float(wall_time_s), "torch": str(torch.__version__),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int, config: dict, history: dict,
-                     provenance: dict, run_metrics: dict | None) -> None:
+                     provenance: dict, run_metrics: dict | None, rng: dict | None = None) -> None:
     save_torch({
         "format": CHECKPOINT_FORMAT, "step": step, "config": config,
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "rng": rng_state(), "history": history, "provenance": provenance, "metrics": run_metrics,
+        "rng": rng or rng_state(), "history": history, "provenance": provenance, "metrics": run_metrics,
     }, path)
 
 
@@ -394,7 +397,7 @@ def train(method_name: str, profile: str | None = None, device=None, seed: int =
     optimizer, scheduler = make_optimizer(model, hyper)
     step, history, past_time, run_metrics = 0, {}, 0.0, None
     if resume and path.is_file():
-        state = load_torch(path, map_location=device)
+        state = load_torch(path)               # on the CPU: the RNG states must stay there
         if state.get("config") != config:
             raise ValueError(f"{path}: this checkpoint was trained with config {state.get('config')}, not {config}; "
                              f"pass resume=False to start over or choose another checkpoint_dir")
@@ -412,22 +415,25 @@ def train(method_name: str, profile: str | None = None, device=None, seed: int =
         batches = training_batches(dataset, step, stop, hyper.batch_size, seed, hyper.num_workers)
         start_time = time.perf_counter()
 
-        def save(step):
+        def save(step, rng=None):
             provenance = _provenance(profile, device, seed, past_time + time.perf_counter() - start_time)
-            _save_checkpoint(path, model, optimizer, scheduler, step, config, history, provenance, None)
+            _save_checkpoint(path, model, optimizer, scheduler, step, config, history, provenance, None, rng)
 
         model.train()
         running: dict[str, float] = {}
+        step_start_rng = None
         bar = tqdm(total=hyper.steps, initial=step, desc=f"{method_name} ({profile})", disable=not progress,
                    dynamic_ncols=True)
         try:
             for batch in batches:
+                step_start_rng = rng_state()      # a step interrupted half-way is redone from here on resume
                 total, terms = spec.loss(model, to_device(batch, device))
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()
-                scheduler.step()
                 step += 1
+                scheduler.step()
+                step_start_rng = None             # the step is done: the current state is the one to keep
                 terms = {"total": float(total.detach()), **_float_terms(terms)}
                 for name, value in terms.items():
                     history.setdefault(name, []).append(value)
@@ -437,7 +443,7 @@ def train(method_name: str, profile: str | None = None, device=None, seed: int =
                 if step % hyper.checkpoint_every == 0 or step == stop:
                     save(step)
         except KeyboardInterrupt:
-            save(step)
+            save(step, step_start_rng)
             bar.close()
             print(f"interrupted at step {step}; checkpoint {path} written, run again to resume", file=sys.stderr)
             raise
@@ -530,27 +536,81 @@ def load_model(method_name: str, checkpoint=None, profile: str | None = None, de
 
 def evaluate(method_name: str, checkpoint=None, profile: str | None = None, device=None,
              checkpoint_dir=DEFAULT_CHECKPOINT_DIR, dataset: Dataset | None = None,
-             num_samples: int | None = None, batch_size: int = 32) -> dict:
+             num_samples: int | None = None, batch_size: int = 32, verbose: bool = False) -> dict:
     """Evaluate a trained method on the fixed synthetic test set (or on ``dataset``).
 
     Args:
         method_name: a registered method.
         checkpoint: .pt path; None = the default checkpoint of the profile.
-        profile: "quick" or "full"; None = ``runtime.get_profile()``.
+        profile: "quick" or "full"; None = the checkpoint's, or ``runtime.get_profile()``.
         device: None = CUDA when available.
         checkpoint_dir: where the default checkpoint lives.
         dataset: a Dataset of sample dicts; None = ``spec.make_dataset("test", n, TEST_SEED, ...)``.
         num_samples: size of the default test set; None = the profile's ``test_samples``.
         batch_size: evaluation batch size.
+        verbose: print the numbers as a small table.
 
     Returns:
         ``metrics.benchmark_row`` dict (epe_3d_mm, median_3d_mm, auc_20_50, epe_2d_px,
         epe_procrustes_mm, alignment, num_samples).
     """
     spec = get_method(method_name)
+    if checkpoint is not None and profile is None:
+        profile = load_torch(checkpoint)["config"]["profile"]      # the profile it was trained with
     profile = get_profile(profile)
     hyper = spec.profiles[profile]
     model = load_model(method_name, checkpoint, profile, device, checkpoint_dir)
     if dataset is None:
         dataset = spec.make_dataset("test", num_samples or hyper.test_samples, TEST_SEED, hyper.image_size)
-    return evaluate_model(spec, model, dataset, device, batch_size)
+    row = evaluate_model(spec, model, dataset, device, batch_size)
+    if verbose:
+        print(format_table([{"method": method_name, "profile": profile, **row}]))
+    return row
+
+
+TABLE_COLUMNS = {"method": "method", "profile": "profile", "epe_3d_mm": "3D EPE (mm)",
+                 "auc_20_50": "AUC 20-50 mm", "epe_2d_px": "2D EPE (px)",
+                 "epe_procrustes_mm": "Procrustes EPE (mm)", "alignment": "3D alignment"}
+
+
+def format_table(rows: list[dict]) -> str:
+    """A markdown table of benchmark rows (``TABLE_COLUMNS``), numbers with 2 or 3 decimals."""
+    def cell(key, value):
+        if isinstance(value, float):
+            return "n/a" if math.isnan(value) else f"{value:.3f}" if key == "auc_20_50" else f"{value:.2f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(TABLE_COLUMNS.values()) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    lines += ["| " + " | ".join(cell(key, row.get(key, "")) for key in TABLE_COLUMNS) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def benchmark(profile: str | None = None, device=None, checkpoint_dir=DEFAULT_CHECKPOINT_DIR,
+              methods: list[str] | None = None, verbose: bool = False) -> list[dict]:
+    """Evaluate every method that has a checkpoint of ``profile`` on the fixed test set.
+
+    Args:
+        profile: "quick" or "full"; None = ``runtime.get_profile()``.
+        device: None = CUDA when available.
+        checkpoint_dir: where the checkpoints are.
+        methods: names to evaluate; None = all registered methods (those without a checkpoint are
+            left out, and named when ``verbose``).
+        verbose: print the table.
+
+    Returns:
+        list of dicts: {"method", "profile", and the keys of ``metrics.benchmark_row``}.
+    """
+    profile = get_profile(profile)
+    rows, missing = [], []
+    for name in methods or available_methods():
+        path = checkpoint_path(name, profile, checkpoint_dir)
+        if not path.is_file():
+            missing.append(name)
+            continue
+        rows.append({"method": name, "profile": profile,
+                     **evaluate(name, path, profile, device, checkpoint_dir)})
+    if verbose:
+        print(format_table(rows) if rows else f"no trained {profile} checkpoints in {checkpoint_dir}")
+        if missing:
+            print(f"not trained ({profile}): {', '.join(missing)}; run `python -m handlib train METHOD`")
+    return rows

@@ -106,7 +106,8 @@ def gaussian_heatmaps(keypoints_2d: torch.Tensor, image_size, heatmap_size, sigm
     valid = keypoints_in_image(keypoints_2d, (height, width))
     if visibility is not None:
         if tuple(visibility.shape) != tuple(keypoints_2d.shape[:2]):
-            raise ValueError(f"visibility: expected shape {tuple(keypoints_2d.shape[:2])}, got {tuple(visibility.shape)}")
+            raise ValueError(f"visibility: expected shape {tuple(keypoints_2d.shape[:2])} (B, K), "
+                             f"got {tuple(visibility.shape)}")
         valid = valid & (visibility.to(keypoints_2d.device) > 0.5)
     # Centres of the heatmap cells, in image pixels.
     ys = heatmap_to_image_coords(torch.stack([torch.zeros(h), torch.arange(h, dtype=torch.float32)], -1),

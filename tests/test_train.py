@@ -1,0 +1,172 @@
+"""The training loop on a tiny method: the loss drops, checkpoints resume exactly, evaluation works.
+
+The tiny method's images are random colours and its keypoints a fixed linear function of the mean
+colour, so a linear model on the average-pooled image can learn them exactly.
+"""
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from handlib import train as training
+from handlib.data.sample import make_sample
+from handlib.files import load_torch
+from handlib.geometry import project_points
+
+K = torch.tensor([[40.0, 0.0, 8.0], [0.0, 40.0, 8.0], [0.0, 0.0, 1.0]])
+MIXING = torch.randn(63, 3, generator=torch.Generator().manual_seed(123)) * 0.1
+
+
+class ColourHands(Dataset):
+    """``num_samples`` 16 x 16 images of random colour; keypoints_3d = MIXING @ mean colour + 0.5 m in z (metres)."""
+
+    def __init__(self, num_samples: int, seed: int):
+        generator = torch.Generator().manual_seed(seed)
+        self.samples = []
+        for _ in range(num_samples):
+            image = torch.rand(3, 1, 1, generator=generator) * torch.ones(3, 16, 16)
+            image = (image + 0.05 * torch.rand(3, 16, 16, generator=generator)).clamp(0, 1)
+            keypoints_3d = (MIXING @ image.mean((1, 2))).reshape(21, 3) + torch.tensor([0.0, 0.0, 0.5])
+            self.samples.append(make_sample(image, project_points(keypoints_3d, K), K, keypoints_3d=keypoints_3d))
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        return self.samples[index]
+
+
+class TinyModel(nn.Module):
+    """Average pool -> dropout -> linear (in decimetres): image (B, 3, H, W) -> keypoints (B, 21, 3) metres."""
+
+    def __init__(self):
+        super().__init__()
+        self.dropout = nn.Dropout(0.02)        # random numbers in the loss, so resuming must restore RNG state
+        self.linear = nn.Linear(3, 63)
+
+    def forward(self, image):
+        decimetres = self.linear(self.dropout(image.mean((2, 3)) - 0.5)).reshape(-1, 21, 3)
+        return 0.1 * decimetres + torch.tensor([0.0, 0.0, 0.5])
+
+
+def tiny_loss(model, batch):
+    error = ((model(batch["image"]) - batch["keypoints_3d"]) * 100.0) ** 2     # centimetres squared
+    return error.mean(), {"keypoints_cm2": error.mean()}
+
+
+def tiny_predict(model, batch):
+    keypoints_3d = model(batch["image"])
+    return {"keypoints_3d": keypoints_3d, "keypoints_2d": project_points(keypoints_3d, batch["K"])}
+
+
+PROFILE = training.TrainingProfile(steps=60, batch_size=8, lr=0.1, milestones=(45,), train_samples=50,
+                                   test_samples=16, image_size=16, checkpoint_every=5)
+training.register_method(training.MethodSpec(
+    name="tiny_test_method", build_model=lambda profile: TinyModel(), loss=tiny_loss, predict=tiny_predict,
+    profiles={"quick": PROFILE, "full": PROFILE}, alignment="none",
+    make_dataset=lambda split, num_samples, seed, image_size: ColourHands(num_samples, seed)))
+
+
+def run(tmp_path, **kwargs):
+    return training.train("tiny_test_method", profile="quick", device="cpu", seed=3, checkpoint_dir=tmp_path,
+                          progress=False, **kwargs)
+
+
+def test_loss_drops_and_the_run_is_recorded(tmp_path):
+    result = run(tmp_path)
+    assert result.finished and result.step == PROFILE.steps
+    losses = result.history["total"]
+    assert len(losses) == PROFILE.steps
+    assert sum(losses[-5:]) < 0.2 * sum(losses[:5])
+    assert result.metrics["epe_3d_mm"] < 20.0 and result.metrics["num_samples"] == PROFILE.test_samples
+    # The checkpoint is a weights_only file with everything needed to resume, and a record beside it.
+    state = load_torch(result.checkpoint)
+    assert state["step"] == PROFILE.steps and state["config"]["seed"] == 3
+    assert {"model", "optimizer", "scheduler", "rng", "history", "metrics"} <= set(state)
+    assert {"command", "profile", "device", "wall_time_s", "seed", "torch"} <= set(state["provenance"])
+    record = json.loads(result.checkpoint.with_suffix(".json").read_text())
+    assert record["metrics"]["epe_3d_mm"] == pytest.approx(result.metrics["epe_3d_mm"])
+    assert "epe_3d_mm" in result.checkpoint.with_suffix(".md").read_text()
+    # The learning-rate schedule: gamma after the milestone.
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.1 * 0.1)
+
+
+def test_an_interrupted_run_resumes_to_the_same_numbers(tmp_path):
+    straight = run(tmp_path / "straight")
+    first = run(tmp_path / "resumed", stop_at=13)     # not on a checkpoint_every boundary
+    assert not first.finished and first.step == 13 and first.metrics is None
+    resumed = run(tmp_path / "resumed")
+    assert resumed.finished and resumed.history == straight.history
+    assert resumed.metrics == straight.metrics
+    a, b = load_torch(straight.checkpoint)["model"], load_torch(resumed.checkpoint)["model"]
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_keyboard_interrupt_writes_a_checkpoint_that_resumes_exactly(tmp_path):
+    spec = training.get_method("tiny_test_method")
+    calls = {"count": 0, "interrupt_at": 8}
+
+    def interrupting_loss(model, batch):
+        calls["count"] += 1
+        result = tiny_loss(model, batch)            # the dropout has drawn random numbers by now
+        if calls["count"] == calls["interrupt_at"]:
+            raise KeyboardInterrupt                 # like Ctrl-C in the middle of step 8
+        return result
+
+    training.register_method(training.MethodSpec(
+        name="tiny_interrupted", build_model=spec.build_model, loss=interrupting_loss, predict=spec.predict,
+        profiles=spec.profiles, alignment="none", make_dataset=spec.make_dataset))
+    interrupted = dict(method_name="tiny_interrupted", profile="quick", device="cpu", seed=3,
+                       checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(**interrupted)
+    assert load_torch(training.checkpoint_path("tiny_interrupted", "quick", tmp_path))["step"] == 7
+    calls["interrupt_at"] = None
+    resumed = training.train(**interrupted)
+    assert resumed.history == run(tmp_path / "straight").history
+
+
+def test_resuming_under_another_config_is_refused(tmp_path):
+    run(tmp_path, stop_at=5)
+    with pytest.raises(ValueError, match="resume=False"):
+        training.train("tiny_test_method", profile="quick", device="cpu", seed=4, checkpoint_dir=tmp_path,
+                       progress=False)
+    assert run(tmp_path, resume=False, stop_at=2).step == 2      # starting over is allowed
+
+
+def test_evaluate_loads_the_checkpoint_and_repeats_the_numbers(tmp_path):
+    result = run(tmp_path)
+    metrics = training.evaluate("tiny_test_method", profile="quick", device="cpu", checkpoint_dir=tmp_path)
+    assert metrics == result.metrics
+    model = training.load_model("tiny_test_method", result.checkpoint, device="cpu")
+    assert not model.training
+
+
+def test_batches_depend_only_on_seed_and_step():
+    first = [training.batch_indices(step, 8, 20, seed=1) for step in range(5)]
+    assert first == [training.batch_indices(step, 8, 20, seed=1) for step in range(5)]
+    assert first != [training.batch_indices(step, 8, 20, seed=2) for step in range(5)]
+    # Steps 0-1 and half of step 2 are one epoch: a permutation of the 20 samples.
+    epoch = first[0] + first[1] + first[2][:4]
+    assert sorted(epoch) == list(range(20))
+
+
+def test_registry_errors():
+    with pytest.raises(ValueError, match="unknown method"):
+        training.get_method("no_such_method")
+    with pytest.raises(ValueError, match="profiles"):
+        training.MethodSpec(name="broken", build_model=TinyModel, loss=tiny_loss, predict=tiny_predict,
+                            profiles={"quick": PROFILE})
+    assert "zimmermann2017" in training.available_methods()
+
+
+def test_benchmark_lists_the_trained_methods(tmp_path, capsys):
+    result = run(tmp_path)
+    rows = training.benchmark("quick", "cpu", tmp_path, methods=["tiny_test_method", "zimmermann2017"],
+                              verbose=True)
+    assert [row["method"] for row in rows] == ["tiny_test_method"]
+    assert rows[0]["epe_3d_mm"] == result.metrics["epe_3d_mm"]
+    printed = capsys.readouterr().out
+    assert "| tiny_test_method | quick |" in printed and "not trained (quick): zimmermann2017" in printed

@@ -1,0 +1,195 @@
+"""Chapter 2 (Zimmermann & Brox 2017): score maps, the canonical frame, the networks and their losses.
+
+The score-map tests (handlib.data.heatmaps) live here because PoseNet is where the course meets them.
+"""
+import math
+
+import pytest
+import torch
+
+from handlib.data.heatmaps import (gaussian_heatmaps, heatmap_argmax, heatmap_soft_argmax, heatmap_to_image_coords,
+                                   image_to_heatmap_coords)
+from handlib.geometry import axis_angle_to_matrix
+from handlib.models import zimmermann2017 as zb
+from handlib.skeleton import SCALE_BONE
+
+
+def random_hands(count=4, seed=0):
+    """Keypoints (count, 21, 3) in metres: a spread-out random hand in front of the camera."""
+    generator = torch.Generator().manual_seed(seed)
+    return 0.05 * torch.randn(count, 21, 3, generator=generator) + torch.tensor([0.0, 0.0, 0.5])
+
+
+# ---------------------------------------------------------------- score maps
+
+def test_heatmap_coordinates_round_trip_and_pixel_centres():
+    pixels = torch.tensor([[1.5, 1.5], [-0.5, -0.5], [127.5, 63.5]])
+    cells = image_to_heatmap_coords(pixels, 128, 32)
+    # A 4x4 block of pixels (0..3) has its centre at 1.5, the centre of cell 0; the image corner -0.5
+    # is the corner of cell 0, -0.5.
+    assert cells[0].tolist() == [0.0, 0.0] and cells[1].tolist() == [-0.5, -0.5]
+    assert torch.allclose(heatmap_to_image_coords(cells, 128, 32), pixels)
+
+
+def test_gaussian_heatmap_known_values():
+    # Keypoint at pixel (63.5, 63.5): 2 px from the centres of the 4 cells (15, 15)..(16, 16), whose
+    # centres are the pixels 61.5 and 65.5. Value there: exp(-(2^2 + 2^2) / (2 * 4^2)) = exp(-1/4).
+    maps = gaussian_heatmaps(torch.tensor([[[63.5, 63.5]]]), 128, 32, sigma=4.0)
+    assert maps.shape == (1, 1, 32, 32)
+    assert maps[0, 0, 15:17, 15:17] == pytest.approx(torch.full((2, 2), math.exp(-0.25)))
+    assert maps.max() == pytest.approx(math.exp(-0.25))
+    # One cell further (4 px more along x): exp(-((6^2 + 2^2)) / 32).
+    assert float(maps[0, 0, 15, 17]) == pytest.approx(math.exp(-40 / 32))
+
+
+def test_heatmaps_are_zero_for_invisible_out_of_image_and_nan_keypoints():
+    keypoints = torch.tensor([[[10.0, 10.0], [20.0, 20.0], [130.0, 5.0], [float("nan"), 3.0]]])
+    maps = gaussian_heatmaps(keypoints, (128, 128), (32, 32), sigma=4.0, visibility=torch.tensor([[1, 0, 1, 1]]))
+    assert maps[0, 0].max() > 0.5
+    assert maps[0, 1:].abs().max() == 0.0
+
+
+def test_argmax_and_soft_argmax_read_back_the_keypoint():
+    # Keypoints on cell centres are read back exactly by the argmax.
+    keypoints = torch.tensor([[[1.5, 9.5], [61.5, 33.5], [125.5, 125.5]]])
+    maps = gaussian_heatmaps(keypoints, 128, 32, sigma=6.0)
+    assert torch.equal(heatmap_argmax(maps, 128), keypoints)
+    # Soft-argmax reads a map as logits: on log-Gaussian maps it is exact, also between cells.
+    keypoints = torch.tensor([[[40.3, 70.9], [64.0, 64.0]]])
+    cells = image_to_heatmap_coords(keypoints, 128, 32)
+    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    logits = -((xs - cells[..., 0, None, None]) ** 2 + (ys - cells[..., 1, None, None]) ** 2) / (2 * 1.5 ** 2)
+    assert torch.allclose(heatmap_soft_argmax(logits, 128), keypoints, atol=1e-3)
+    # ... and it is differentiable.
+    logits.requires_grad_(True)
+    heatmap_soft_argmax(logits, 128).sum().backward()
+    assert logits.grad.abs().sum() > 0
+
+
+def test_heatmap_errors():
+    with pytest.raises(ValueError, match="keypoints_2d"):
+        gaussian_heatmaps(torch.zeros(21, 2), 128, 32, 4.0)
+    with pytest.raises(ValueError, match="sigma"):
+        gaussian_heatmaps(torch.zeros(1, 21, 2), 128, 32, 0.0)
+    with pytest.raises(ValueError, match="heatmaps"):
+        heatmap_argmax(torch.zeros(21, 32, 32), 128)
+
+
+# ---------------------------------------------------------------- canonical frame
+
+def test_canonical_frame_properties():
+    keypoints = random_hands(8)
+    frame = zb.canonical_frame(keypoints)
+    canonical = frame.canonical
+    assert torch.allclose(canonical[:, 0], torch.zeros(8, 3), atol=1e-6)             # root at the origin
+    assert torch.allclose(canonical[:, 9, [0, 2]], torch.zeros(8, 2), atol=1e-5)      # middle MCP on y ...
+    assert (canonical[:, 9, 1] > 0).all()                                              # ... positive y
+    assert torch.allclose(canonical[:, 17, 2], torch.zeros(8), atol=1e-5)             # pinky MCP z = 0 ...
+    assert (canonical[:, 17, 0] > 0).all()                                             # ... and x > 0
+    parent, child = SCALE_BONE                                                         # unit scale bone
+    assert torch.allclose((canonical[:, child] - canonical[:, parent]).norm(dim=-1), torch.ones(8), atol=1e-5)
+    rotation = frame.rotation                                                          # a proper rotation
+    assert torch.allclose(rotation @ rotation.transpose(1, 2), torch.eye(3).expand(8, 3, 3), atol=1e-5)
+    assert torch.allclose(torch.linalg.det(rotation), torch.ones(8), atol=1e-5)
+
+
+def test_canonical_frame_round_trip_and_invariance():
+    keypoints = random_hands(6, seed=1)
+    is_right = torch.tensor([1, 0, 1, 0, 1, 0])
+    frame = zb.canonical_frame(keypoints, is_right)
+    back = zb.from_canonical_frame(frame.canonical, frame.rotation, is_right, frame.scale, frame.root)
+    assert torch.allclose(back, keypoints, atol=1e-5)
+    # The canonical coordinates do not change when the hand moves, turns or grows.
+    turn = axis_angle_to_matrix(torch.tensor([0.4, 2.0, -1.0]))
+    moved = 1.7 * keypoints @ turn.T + torch.tensor([0.1, 0.2, 0.3])
+    assert torch.allclose(zb.canonical_frame(moved, is_right).canonical, frame.canonical, atol=1e-4)
+
+
+def test_left_hands_are_mirrored_into_right_hands():
+    right = random_hands(3, seed=2)
+    left = right * torch.tensor([-1.0, 1.0, 1.0])          # the mirror image of each hand
+    canonical_right = zb.canonical_frame(right, torch.ones(3)).canonical
+    canonical_left = zb.canonical_frame(left, torch.zeros(3)).canonical
+    assert torch.allclose(canonical_left, canonical_right, atol=1e-5)
+
+
+def test_canonical_frame_rejects_wrong_shapes():
+    with pytest.raises(ValueError, match="keypoints_3d"):
+        zb.canonical_frame(torch.zeros(21, 3))
+
+
+# ---------------------------------------------------------------- networks and losses
+
+def fake_batch(batch_size=2, seed=0):
+    """A batch of sample dicts with a random image and a consistent projection of random keypoints."""
+    from torch.utils.data import default_collate
+
+    from handlib.data.sample import make_sample
+    from handlib.geometry import project_points
+
+    generator = torch.Generator().manual_seed(seed)
+    K = torch.tensor([[200.0, 0, 64], [0, 200.0, 64], [0, 0, 1]])
+    samples = []
+    for i in range(batch_size):
+        keypoints_3d = 0.03 * torch.randn(21, 3, generator=generator) + torch.tensor([0.0, 0.0, 0.5])
+        samples.append(make_sample(torch.rand(3, 128, 128, generator=generator), project_points(keypoints_3d, K), K,
+                                   mask=(torch.rand(128, 128, generator=generator) > 0.5).float(),
+                                   keypoints_3d=keypoints_3d, is_right=bool(i % 2)))
+    return default_collate(samples)
+
+
+@pytest.mark.parametrize("lifting", ["canonical", "direct"])
+def test_model_shapes_and_loss_gradients(lifting):
+    torch.manual_seed(0)
+    model = zb.build_model("quick", lifting)
+    batch = fake_batch()
+    out = model(batch["image"], batch["is_right"])
+    assert out["segmentation"].shape == (2, 2, 128, 128)
+    assert len(out["score_maps"]) == zb.MODEL_CONFIGS["quick"].pose_stages
+    assert all(maps.shape == (2, 21, 32, 32) for maps in out["score_maps"])
+    assert out["keypoints_3d"].shape == (2, 21, 3)
+    if lifting == "canonical":
+        assert out["canonical"].shape == (2, 21, 3) and out["viewpoint"].shape == (2, 3, 3)
+    total, terms = zb.zimmermann2017_loss(model, batch)
+    assert set(terms) == {"segmentation", "score_maps", "lifting"}
+    assert torch.isfinite(total) and total > 0
+    total.backward()
+    for name in ("handsegnet", "posenet", "lifting"):
+        grads = [p.grad for p in getattr(model, name).parameters()]
+        assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0, name
+    model.eval()
+    prediction = zb.zimmermann2017_predict(model, batch)
+    assert prediction["keypoints_3d"].shape == (2, 21, 3) and prediction["keypoints_2d"].shape == (2, 21, 2)
+    assert prediction["mask"].shape == (2, 128, 128)
+
+
+def test_posenet_loss_by_hand():
+    # Two keypoints, both visible: root-mean-square errors 1 and 3 -> (1 + 3) / (2 + 0.001).
+    target = torch.zeros(1, 2, 4, 4)
+    predicted = torch.stack([torch.ones(4, 4), 3 * torch.ones(4, 4)])[None]
+    loss = zb.score_map_loss(predicted, target, torch.ones(1, 2))
+    assert float(loss) == pytest.approx(4.0 / 2.001)
+    # An invisible keypoint does not count.
+    loss = zb.score_map_loss(predicted, target, torch.tensor([[1.0, 0.0]]))
+    assert float(loss) == pytest.approx(1.0 / 1.001)
+
+
+def test_pose_prior_with_the_true_canonical_frame_recovers_the_hand():
+    # If the two streams predicted the truth, the output is the normalised root-relative hand.
+    keypoints, is_right = random_hands(3, seed=3), torch.tensor([1.0, 0.0, 1.0])
+    frame = zb.canonical_frame(keypoints, is_right)
+    relative = zb.from_canonical_frame(frame.canonical, frame.rotation, is_right)
+    expected = (keypoints - keypoints[:, :1]) / frame.scale[:, None, None]
+    assert torch.allclose(relative, expected, atol=1e-5)
+    assert torch.allclose(zb.normalized_keypoints(keypoints), expected, atol=1e-5)
+
+
+def test_methods_are_registered():
+    from handlib.train import get_method
+
+    spec = get_method("zimmermann2017")
+    assert spec.alignment == "gt_root_scale"
+    assert get_method("zimmermann2017_direct").build_model("quick").lifting_kind == "direct"
+    # The full profile is the wider model.
+    count = lambda model: sum(p.numel() for p in model.parameters())                # noqa: E731
+    assert count(zb.build_model("full")) > 5 * count(zb.build_model("quick"))
