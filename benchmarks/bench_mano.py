@@ -39,7 +39,8 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     path = args.model or default_model_path()
-    print(f"model: {path}  torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    load = open("/proc/loadavg").read().split()[0] if Path("/proc/loadavg").exists() else "?"
+    print(f"model: {path}  torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load}\n")
     print(f"{'batch':>6} {'pass':>10} {'handlib ms':>11} {'smplx ms':>9} {'smplx/handlib':>14}")
     for batch in (1, 64, 1024):
         ours = ManoLayer(path, num_pca_comps=None, flat_hand_mean=False)

@@ -86,7 +86,8 @@ def shape_blend(v_template: torch.Tensor, shapedirs: torch.Tensor, betas: torch.
         (B, V, 3) shaped rest vertices.
     """
     k = betas.shape[-1]
-    return v_template + torch.einsum("bk,vdk->bvd", betas, shapedirs[..., :k])  # (B, V, 3)
+    directions = shapedirs[..., :k].flatten(0, 1)  # (3V, K'), a view
+    return v_template + (betas @ directions.T).unflatten(1, (-1, 3))  # (B, V, 3)
 
 
 def regress_joints(J_regressor: torch.Tensor, vertices: torch.Tensor) -> torch.Tensor:
@@ -127,7 +128,7 @@ def pose_blend(feature: torch.Tensor, posedirs: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, V, 3) offsets.
     """
-    return torch.einsum("bp,vdp->bvd", feature, posedirs)
+    return (feature @ posedirs.flatten(0, 1).T).unflatten(1, (-1, 3))  # (B, V, 3)
 
 
 def kinematic_chain(rotations: torch.Tensor, joints: torch.Tensor, parents) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,8 +259,10 @@ class ManoLayer(nn.Module):
         # regressor into the template and the shape directions once makes step 2 a (16 x K) product.
         buffer("joint_template", model.J_regressor @ model.v_template)  # (16, 3)
         buffer("joint_shapedirs", np.einsum("jv,vdk->jdk", model.J_regressor, model.shapedirs))  # (16, 3, K)
-        # The (V, 3, 135) correctives as a (135, 3V) matrix, so step 4 is one matrix product.
-        buffer("posedirs_matrix", model.posedirs.reshape(-1, model.posedirs.shape[-1]).T.copy())
+        # Steps 1 and 4 in one product: T_P = T + [beta, p(theta)] @ [S; P] (SMPL Eq. 6), with the
+        # (V, 3, K) and (V, 3, 135) blend shapes stacked as one (K + 135, 3V) matrix.
+        buffer("blend_directions", np.concatenate([model.shapedirs.reshape(-1, model.num_betas).T,
+                                                   model.posedirs.reshape(-1, model.posedirs.shape[-1]).T]))
         self.register_buffer("_course_order", torch.tensor(ORDER_MAPS["mano"]), persistent=False)
 
     @property
@@ -305,13 +308,13 @@ class ManoLayer(nn.Module):
         global_orient = torch.zeros(batch, 3, **like) if global_orient is None else global_orient
 
         full_pose = torch.cat([global_orient, self.finger_pose(hand_pose)], dim=1)  # (B, 48)
-        k = betas.shape[1]
-        v_shaped = shape_blend(self.v_template, self.shapedirs, betas)  # (B, V, 3)         step 1
-        rest_joints = self.joint_template + torch.einsum("bk,jdk->bjd", betas, self.joint_shapedirs[..., :k])  # 2
+        betas = torch.nn.functional.pad(betas, (0, self.num_betas - betas.shape[1]))  # (B, K)
+        rest_joints = self.joint_template + torch.einsum("bk,jdk->bjd", betas, self.joint_shapedirs)  # step 2
         rotations = axis_angle_to_matrix(full_pose.unflatten(1, (16, 3)))  # (B, 16, 3, 3)
-        offsets = (pose_feature(rotations) @ self.posedirs_matrix).unflatten(1, (-1, 3))  # (B, V, 3)  3-4
+        coefficients = torch.cat([betas, pose_feature(rotations)], dim=1)  # (B, K + 135)       steps 1, 3
+        v_posed = self.v_template + (coefficients @ self.blend_directions).unflatten(1, (-1, 3))  # (B, V, 3) 4
         joint_rotation, joint_position = kinematic_chain(rotations, rest_joints, self.parents)  # 5
-        vertices = skin(v_shaped + offsets, self.weights, joint_rotation, joint_position, rest_joints)  # 6
+        vertices = skin(v_posed, self.weights, joint_rotation, joint_position, rest_joints)  # 6
 
         if transl is not None:
             vertices = vertices + transl[:, None]
