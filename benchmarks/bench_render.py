@@ -2,9 +2,8 @@
 
 Run: ``.venv/bin/python benchmarks/bench_render.py`` (add ``--help`` for the options).
 
-The mesh is the hand model (``handlib.mano.default_model_path()``) in its rest pose when it exists,
-else a toy hand of the same size built here (a palm and five fingers as closed ellipsoids:
-776 vertices, 1528 faces, vs MANO's 778 and 1538). Each image gets a random rotation about the
+The mesh is the hand model (``handlib.mano.default_model_path()``: 778 vertices, 1538 faces, plus
+the 14 that cap the wrist, so the mesh is closed and back faces can be culled). Each image gets a random rotation about the
 mesh centre; the mesh is ~0.45 m from a camera with f = 1.6 W and covers ~10-15 % of the image.
 
 Columns:
@@ -16,7 +15,6 @@ Columns:
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import time
@@ -24,62 +22,15 @@ import time
 import torch
 
 from handlib.geometry import axis_angle_to_matrix
+from handlib.mano import default_model_path, load_mano
+from handlib.mano.openhand import closed_faces
 from handlib.render import make_intrinsics, place_in_front, rasterize, render, soft_silhouette
 
 
-def ellipsoid(rings: int, segments: int, half_axes, centre, tilt: float = 0.0):
-    """A closed UV ellipsoid wound counter-clockwise seen from outside, long axis along y, tilted about z."""
-    polar = torch.arange(1, rings, dtype=torch.float64) * math.pi / rings
-    azimuth = torch.arange(segments, dtype=torch.float64) * 2 * math.pi / segments
-    polar, azimuth = torch.meshgrid(polar, azimuth, indexing="ij")
-    # y is the pole axis here, so a finger's long axis is y.
-    sphere = torch.stack([polar.sin() * azimuth.sin(), polar.cos(), polar.sin() * azimuth.cos()], dim=-1).reshape(-1, 3)
-    sphere = torch.cat([torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64), sphere, torch.tensor([[0.0, -1.0, 0.0]], dtype=torch.float64)])
-    bottom = len(sphere) - 1
-
-    def ring(r, s):
-        return 1 + r * segments + s % segments
-
-    faces = []
-    for s in range(segments):
-        faces.append([0, ring(0, s), ring(0, s + 1)])
-        faces.append([bottom, ring(rings - 2, s + 1), ring(rings - 2, s)])
-        for r in range(rings - 2):
-            faces.append([ring(r, s), ring(r + 1, s), ring(r + 1, s + 1)])
-            faces.append([ring(r, s), ring(r + 1, s + 1), ring(r, s + 1)])
-    faces = torch.tensor(faces)
-    # Keep the winding outwards (the azimuth runs the other way round the y axis).
-    if torch.linalg.det(sphere[faces]).sum() < 0:
-        faces = faces.flip(1)
-    rotation = axis_angle_to_matrix(torch.tensor([0.0, 0.0, tilt], dtype=torch.float64))
-    return (sphere * torch.tensor(half_axes, dtype=torch.float64)) @ rotation.T + torch.tensor(centre, dtype=torch.float64), faces
-
-
-def toy_hand():
-    """A palm and five fingers as closed ellipsoids: (776, 3) vertices in metres, (1528, 3) faces."""
-    parts = [ellipsoid(15, 16, (0.042, 0.048, 0.015), (0.0, 0.0, 0.0))]  # palm: 226 vertices, 448 faces
-    fingers = [(-0.055, -0.01, 0.9, 0.030), (-0.028, -0.085, 0.15, 0.040), (-0.002, -0.092, 0.0, 0.044),
-               (0.022, -0.087, -0.12, 0.041), (0.042, -0.075, -0.3, 0.033)]  # thumb to pinky: x, y, tilt, length
-    for x, y, tilt, length in fingers:  # each 110 vertices, 216 faces
-        parts.append(ellipsoid(10, 12, (0.0095, length, 0.0095), (x, y, 0.0), tilt))
-    vertices, faces, offset = [], [], 0
-    for part_vertices, part_faces in parts:
-        vertices.append(part_vertices)
-        faces.append(part_faces + offset)
-        offset += len(part_vertices)
-    return torch.cat(vertices).float(), torch.cat(faces)
-
-
 def benchmark_mesh():
-    """(vertices (V, 3), faces (F, 3), name): the hand model if available, else the toy hand."""
-    try:
-        from handlib.mano import default_model_path, load_mano
-
-        model = load_mano(default_model_path())
-        return torch.as_tensor(model.v_template).float(), torch.as_tensor(model.faces).long(), "hand model (rest pose)"
-    except (ImportError, FileNotFoundError, ValueError):
-        vertices, faces = toy_hand()
-        return vertices, faces, "toy hand (ellipsoids)"
+    """(vertices (V, 3), faces (F, 3)): the hand model's rest pose, its wrist capped so it is closed."""
+    model = load_mano(default_model_path())
+    return torch.as_tensor(model.v_template).float(), torch.as_tensor(closed_faces(model))
 
 
 def posed_batch(vertices, batch: int, seed: int = 0, distance: float = 0.45):
@@ -114,9 +65,9 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    vertices, faces, name = benchmark_mesh()
+    vertices, faces = benchmark_mesh()
     faces = faces.to(args.device)
-    print(f"mesh: {name}, {len(vertices)} vertices, {len(faces)} faces; device {args.device}, "
+    print(f"mesh: the hand model, {len(vertices)} vertices, {len(faces)} faces; device {args.device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.2f}")
     header = f"{'size':>7} {'batch':>5} | {'rasterize':>9} {'render':>8} {'render+cull':>11} {'soft fwd+bwd':>12} | {'coverage':>8}"
     print(header + "\n" + "-" * len(header))

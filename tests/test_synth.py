@@ -193,19 +193,6 @@ def test_bad_arguments_raise(tmp_path):
         synth.cached_test_set(num_samples=1, cache_dir=tmp_path, progress=False, on_corrupt="ignore")
 
 
-def test_close_holes_caps_a_square_tube():
-    # A tube of 4 side quads (8 triangles) open at both ends gets two caps of 2 triangles each.
-    faces = []
-    for i in range(4):
-        a, b, c, d = i, (i + 1) % 4, 4 + (i + 1) % 4, 4 + i
-        faces += [[a, b, c], [a, c, d]]
-    closed = synth.close_holes(torch.tensor(faces))
-    assert closed.shape == (12, 3)
-    edges = closed[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2).tolist()
-    assert len(set(map(tuple, edges))) == len(edges)  # every directed edge once: consistently oriented
-    assert all((b, a) in set(map(tuple, edges)) for a, b in edges)  # and closed
-
-
 # --------------------------------------------------------------------------------------------------
 # The cache
 

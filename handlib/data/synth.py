@@ -222,46 +222,17 @@ class _Hand:
     fingerprint: str
 
 
-def close_holes(faces: torch.Tensor) -> torch.Tensor:
-    """Cap every boundary loop of a mesh with a fan of triangles (MANO's open wrist, for instance).
-
-    A boundary edge is used by one face only. A face (a, b, c) has the directed edges a->b, b->c,
-    c->a; a cap triangle holding the reversed edge b->a keeps the orientation consistent, so the
-    capped mesh is closed and back faces can be culled.
-
-    Args:
-        faces: (F, 3) long vertex indices.
-
-    Returns:
-        (F + C, 3) long: the faces, then the cap's triangles (none if the mesh is closed).
-    """
-    faces = torch.as_tensor(faces, dtype=torch.long)
-    edges = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2).tolist()
-    directed = set(map(tuple, edges))
-    following = {b: a for a, b in edges if (b, a) not in directed}  # reversed boundary edge b -> a
-    caps, seen = [], set()
-    for start in sorted(following):
-        if start in seen:
-            continue
-        loop, vertex = [], start
-        while vertex not in seen and vertex in following:
-            seen.add(vertex)
-            loop.append(vertex)
-            vertex = following[vertex]
-        caps += [[loop[0], loop[i], loop[i + 1]] for i in range(1, len(loop) - 1)]
-    return torch.cat([faces, torch.tensor(caps, dtype=torch.long).reshape(-1, 3)])
-
-
 @lru_cache(maxsize=4)
 def _load_hand(model_path: str, mtime: float) -> _Hand:
     from handlib.mano import ManoLayer, load_mano
+    from handlib.mano.openhand import closed_faces
     from handlib.mano.prior import HandPosePrior
 
     model = load_mano(model_path)
     layer = ManoLayer(model).double()
     prior = HandPosePrior.from_model(model)
     rest = torch.as_tensor(np.asarray(model.v_template), dtype=torch.float32)
-    faces = close_holes(torch.as_tensor(np.asarray(model.faces, dtype=np.int64)))
+    faces = torch.as_tensor(closed_faces(model))  # the wrist capped, so back faces can be culled
     normals = vertex_normals(rest[None], faces)[0]  # (V, 3)
     palm_side = ((normals @ prior.palm_normal.float()).clamp(0, 1) ** 2)  # (V,) 1 on the palm
     digest = hashlib.blake2b(np.ascontiguousarray(model.v_template, dtype=np.float32).tobytes()
@@ -788,7 +759,7 @@ class SyntheticHandDataset(torch.utils.data.Dataset):
 
 
 # -------------------------------------------------------------------------------------------------
-# The fixed test set, cached on disk
+# Cached sets (the fixed test set, a training set read epoch after epoch), on disk
 
 _CHUNK_ARRAYS = {  # name -> (dtype stored, shape after the sample axis given the image size S)
     "image": (np.uint8, lambda s: (3, s, s)), "mask": (np.bool_, lambda s: (s, s)),
@@ -856,13 +827,20 @@ class CachedSynthDataset(torch.utils.data.Dataset):
                            betas=torch.from_numpy(a["betas"]), is_right=bool(a["is_right"] > 0.5))
 
 
-def cached_test_set_directory(seed: int, image_size: int, cache_dir="data/cache", config: SynthConfig | None = None,
-                              chunk_size: int = CHUNK_SIZE) -> Path:
-    """The folder of a cached test set: named by seed, size and a fingerprint of everything that
+def cached_set_directory(split: str, seed: int, image_size: int, cache_dir="data/cache",
+                         config: SynthConfig | None = None, chunk_size: int = CHUNK_SIZE) -> Path:
+    """The folder of a cached split: named by split, seed, size and a fingerprint of everything that
     changes the files (engine version, knobs, hand model, chunk size)."""
+    _check_seed_split(seed, split)
     config = make_config(config, image_size=image_size)
     fingerprint = _fingerprint(seed, config, chunk_size)
-    return Path(cache_dir) / f"synth_test_seed{seed}_{image_size}px_{fingerprint}"
+    return Path(cache_dir) / f"synth_{split}_seed{seed}_{image_size}px_{fingerprint}"
+
+
+def cached_test_set_directory(seed: int, image_size: int, cache_dir="data/cache", config: SynthConfig | None = None,
+                              chunk_size: int = CHUNK_SIZE) -> Path:
+    """The folder of a cached test set (``cached_set_directory("test", ...)``)."""
+    return cached_set_directory("test", seed, image_size, cache_dir, config, chunk_size)
 
 
 def _fingerprint(seed: int, config: SynthConfig, chunk_size: int) -> str:
@@ -873,19 +851,44 @@ def _fingerprint(seed: int, config: SynthConfig, chunk_size: int) -> str:
 def cached_test_set(num_samples: int | None = None, seed: int | None = None, image_size: int = 128,
                     cache_dir="data/cache", progress: bool = True, config: SynthConfig | None = None,
                     on_corrupt: str = "raise", render_block: int = 32, chunk_size: int = CHUNK_SIZE) -> CachedSynthDataset:
-    """The fixed synthetic test set (split "test"), rendered once and cached on disk.
-
-    Samples are rendered in chunks of ``chunk_size`` (64) and each chunk is written atomically as a
-    compressed .npz (uint8 images, bool masks, float16 depth). An interrupted run resumes: chunks
-    already on disk are checked and kept. Chunk c always holds indices 64c .. 64c + 63 (whole
-    chunks are rendered), so a smaller test set reuses the start of a larger one.
+    """The fixed synthetic test set (split "test"), rendered once and cached on disk (``cached_set``).
 
     Args:
         num_samples: number of samples; None for the profile's size (``TEST_SET_SIZE``: quick 256,
             full 2000; ``handlib.runtime.get_profile``).
         seed: None for ``DEFAULT_TEST_SEED`` (0).
+        image_size, cache_dir, progress, config, on_corrupt, render_block, chunk_size: as in ``cached_set``.
+
+    Returns:
+        ``CachedSynthDataset`` of the samples, in index order.
+    """
+    from handlib.runtime import get_profile
+
+    if num_samples is None:
+        num_samples = TEST_SET_SIZE[get_profile()]
+    seed = DEFAULT_TEST_SEED if seed is None else seed
+    return cached_set("test", num_samples, seed, image_size, cache_dir, progress, config, on_corrupt,
+                      render_block, chunk_size)
+
+
+def cached_set(split: str, num_samples: int, seed: int = 0, image_size: int = 128, cache_dir="data/cache",
+               progress: bool = True, config: SynthConfig | None = None, on_corrupt: str = "raise",
+               render_block: int = 32, chunk_size: int = CHUNK_SIZE) -> CachedSynthDataset:
+    """Samples ``0 .. num_samples - 1`` of (seed, split), rendered once and cached on disk.
+
+    The fixed test set (``cached_test_set``) and a training set that is read epoch after epoch
+    (rendering costs more than a small network's training step on a CPU) both come from here.
+    Samples are rendered in chunks of ``chunk_size`` (64) and each chunk is written atomically as a
+    compressed .npz (uint8 images, bool masks, float16 depth). An interrupted run resumes: chunks
+    already on disk are checked and kept. Chunk c always holds indices 64c .. 64c + 63 (whole
+    chunks are rendered), so a smaller set reuses the start of a larger one.
+
+    Args:
+        split: "train", "val" or "test".
+        num_samples: number of samples (positive int).
+        seed: non-negative int.
         image_size: side of the images, pixels.
-        cache_dir: parent folder; the set goes to ``cached_test_set_directory(...)`` inside it.
+        cache_dir: parent folder; the set goes to ``cached_set_directory(...)`` inside it.
         progress: show a tqdm progress bar while rendering.
         config: other knobs (``SynthConfig``); default: the defaults.
         on_corrupt: what to do with a chunk that cannot be read or does not hold what it should:
@@ -899,21 +902,17 @@ def cached_test_set(num_samples: int | None = None, seed: int | None = None, ima
     from tqdm import tqdm
 
     from handlib.files import load_npz, save_npz
-    from handlib.runtime import get_profile
 
-    if num_samples is None:
-        num_samples = TEST_SET_SIZE[get_profile()]
     if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
         raise ValueError(f"num_samples: expected a positive int (or None for the profile's default), got {num_samples!r}")
-    seed = DEFAULT_TEST_SEED if seed is None else seed
-    _check_seed_split(seed, "test")
+    _check_seed_split(seed, split)
     if on_corrupt not in ("raise", "regenerate"):
         raise ValueError(f"on_corrupt: expected 'raise' or 'regenerate', got {on_corrupt!r}")
     if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
     config = make_config(config, image_size=image_size)
     fingerprint = _fingerprint(seed, config, chunk_size)
-    directory = cached_test_set_directory(seed, image_size, cache_dir, config, chunk_size)
+    directory = cached_set_directory(split, seed, image_size, cache_dir, config, chunk_size)
     chunks = math.ceil(num_samples / chunk_size)
 
     loaded, missing = {}, []
@@ -937,12 +936,12 @@ def cached_test_set(num_samples: int | None = None, seed: int | None = None, ima
                              "anew (or pass on_corrupt='regenerate')")
 
     with tqdm(total=chunks * chunk_size, initial=len(loaded) * chunk_size, disable=not progress, unit="sample",
-              desc=f"synthetic test set ({directory.name})") as bar:
+              desc=f"synthetic {split} set ({directory.name})") as bar:
         for c in missing:
             indices = list(range(c * chunk_size, (c + 1) * chunk_size))
             parts = []
             for start in range(0, chunk_size, render_block):
-                parts.append(render_batch(indices[start:start + render_block], seed, "test", config))
+                parts.append(render_batch(indices[start:start + render_block], seed, split, config))
                 bar.update(len(parts[-1]["image"]))
             batch = {key: torch.cat([p[key] for p in parts]) for key in _CHUNK_ARRAYS}
             arrays = _to_chunk(batch, indices, fingerprint)

@@ -30,25 +30,26 @@ def bone_colors() -> list[str]:
     return [colors[child] for _, child in BONES]
 
 
-def _as_numpy(x, name: str, shape: tuple) -> np.ndarray:
-    """A (possibly torch) array as float numpy, checked against ``shape`` (None = any size)."""
+def as_numpy(x, name: str, shape: tuple, dtype=np.float64) -> np.ndarray:
+    """A (torch or numpy) array as a contiguous numpy array of ``dtype``, checked against ``shape``
+    (None = any size); both plotting modules take their inputs through it."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     try:
-        x = np.asarray(x, dtype=np.float64)
+        x = np.asarray(x, dtype=dtype)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{name}: expected a numeric array of shape {shape}, got {type(x).__name__}") from error
     if x.ndim != len(shape) or any(e is not None and e != s for e, s in zip(shape, x.shape)):
         pretty = "(" + ", ".join("N" if e is None else str(e) for e in shape) + ")"
         hint = "; pass one hand, e.g. x[0]" if x.ndim == len(shape) + 1 else ""
         raise ValueError(f"{name}: expected shape {pretty}, got {x.shape}{hint}")
-    return x
+    return np.ascontiguousarray(x)
 
 
 def _visibility(visibility, count: int) -> np.ndarray:
     if visibility is None:
         return np.ones(count, dtype=bool)
-    visibility = _as_numpy(visibility, "visibility", (count,))
+    visibility = as_numpy(visibility, "visibility", (count,))
     return visibility > 0.5
 
 
@@ -77,7 +78,7 @@ def draw_keypoints_2d(ax, keypoints, visibility=None, *, linewidth: float = 2.0,
         >>> import matplotlib.pyplot as plt                                   # doctest: +SKIP
         >>> fig, ax = plt.subplots(); draw_keypoints_2d(ax, keypoints_2d[0])  # doctest: +SKIP
     """
-    keypoints = _as_numpy(keypoints, "keypoints", (NUM_KEYPOINTS, 2))
+    keypoints = as_numpy(keypoints, "keypoints", (NUM_KEYPOINTS, 2))
     visible = _visibility(visibility, NUM_KEYPOINTS)
     colors = [color] * NUM_KEYPOINTS if color is not None else keypoint_colors()
     for (parent, child), bone_color in zip(BONES, [colors[c] for _, c in BONES]):

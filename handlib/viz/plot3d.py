@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 import torch
 
 from handlib.skeleton import BONES, FINGER_KEYPOINTS, FINGERS, KEYPOINT_NAMES, NUM_KEYPOINTS, PARENTS
-from handlib.viz.plot2d import FINGER_COLORS, WRIST_COLOR
+from handlib.viz.plot2d import FINGER_COLORS, WRIST_COLOR, as_numpy
 
 SKIN_COLOR = "#e8b894"
 UIREVISION = "hand"  # a constant: the camera stays where the user put it when the data change
@@ -38,18 +38,8 @@ assert sorted(b for path in FINGER_PATHS.values() for b in zip(path[:-1], path[1
 
 
 def _float32(x, name: str, shape: tuple) -> np.ndarray:
-    """A (torch or numpy) array as a contiguous float32 numpy array checked against ``shape`` (None: any)."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    try:
-        x = np.asarray(x, dtype=np.float32)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{name}: expected a numeric array, got {type(x).__name__}") from error
-    if x.ndim != len(shape) or any(e is not None and e != s for e, s in zip(shape, x.shape)):
-        pretty = "(" + ", ".join("N" if e is None else str(e) for e in shape) + ")"
-        hint = "; pass one hand, e.g. output.vertices[0]" if x.ndim == len(shape) + 1 else ""
-        raise ValueError(f"{name}: expected shape {pretty}, got {x.shape}{hint}")
-    return np.ascontiguousarray(x)
+    """float32 for plotly: numeric arrays that are not 64-bit travel to the browser as binary buffers."""
+    return as_numpy(x, name, shape, np.float32)
 
 
 def _faces(faces, num_vertices: int) -> np.ndarray:
