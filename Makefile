@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 course: setup
-	$(VENV)/bin/jupyter lab --port $(PORT) notebooks/
+	$(VENV)/bin/jupyter lab --port $(PORT) $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
 
 test: setup
 	HANDLIB_PROFILE=quick $(PY) -m pytest -v --durations=15
