@@ -43,9 +43,15 @@ from handlib.runtime import PROFILES, get_device, get_profile, seed_everything
 
 DEFAULT_CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / "data" / "cache"
+# Checkpoints that ship with handlib (small, with their records): used when DEFAULT_CHECKPOINT_DIR has none.
+COMMITTED_CHECKPOINT_DIR = Path(__file__).resolve().parent / "assets" / "checkpoints"
 # The fixed test set has its own seed (that of ``handlib.data.synth.cached_test_set``), so it is the
 # same whatever seed a run trains with; the "test" split never repeats a "train" sample.
 TEST_SEED = 0
+# Training sets up to this many samples are rendered once and cached on disk (a CPU spends more time
+# rendering a sample than training a small network on it); larger ones (the GPU-sized "full"
+# profiles) are rendered on the fly by the DataLoader's workers.
+TRAIN_CACHE_LIMIT = 8192
 CHECKPOINT_FORMAT = 1
 # Modules that register methods when imported (each calls ``register_method``). Add new ones here.
 METHOD_MODULES = ["handlib.models.zimmermann2017"]
@@ -92,10 +98,13 @@ class TrainingProfile:
 def synthetic_dataset(split: str, num_samples: int, seed: int, image_size: int = 128) -> Dataset:
     """THE place where training meets data: the course's synthetic hands (``handlib.data.synth``).
 
-    Every method's default ``MethodSpec.make_dataset``. "train" renders samples on the fly
-    (``SyntheticHandDataset``: sample i of (seed, "train") is always the same); "test" is the
-    fixed test set, rendered once and cached on disk under ``DEFAULT_CACHE_DIR``
-    (``cached_test_set``).
+    Every method's default ``MethodSpec.make_dataset``. Sample i of (seed, split) is always the
+    same. "test" is the fixed test set, rendered once and cached on disk under
+    ``DEFAULT_CACHE_DIR`` (``cached_test_set``). "train" is cached the same way
+    (``synth.cached_set``) when it has at most ``TRAIN_CACHE_LIMIT`` samples: rendering a sample
+    costs more than a small network's training step on a CPU, so the loop reads the cached set
+    epoch after epoch instead of rendering every batch anew. Larger training sets are rendered on
+    the fly (``SyntheticHandDataset``, in the DataLoader's worker processes).
 
     Args:
         split: "train" or "test".
@@ -108,8 +117,10 @@ def synthetic_dataset(split: str, num_samples: int, seed: int, image_size: int =
     """
     from handlib.data import synth
 
-    if split == "train":
+    if split == "train" and num_samples > TRAIN_CACHE_LIMIT:
         return synth.SyntheticHandDataset(num_samples, seed=seed, split="train", image_size=image_size)
+    if split == "train":
+        return synth.cached_set("train", num_samples, seed=seed, image_size=image_size, cache_dir=DEFAULT_CACHE_DIR)
     if split == "test":
         return synth.cached_test_set(num_samples, seed=seed, image_size=image_size, cache_dir=DEFAULT_CACHE_DIR)
     raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
@@ -276,8 +287,54 @@ def set_rng_state(state: dict) -> None:
 # --------------------------------------------------------------------------------------------
 
 def checkpoint_path(method_name: str, profile: str, checkpoint_dir=DEFAULT_CHECKPOINT_DIR) -> Path:
-    """``<checkpoint_dir>/<method>-<profile>.pt``."""
+    """``<checkpoint_dir>/<method>-<profile>.pt`` (where ``train`` writes)."""
     return Path(checkpoint_dir) / f"{method_name}-{profile}.pt"
+
+
+def find_checkpoint(method_name: str, profile: str, checkpoint_dir=DEFAULT_CHECKPOINT_DIR) -> Path:
+    """THE lookup of a trained checkpoint: your own first, then the one that ships with handlib.
+
+    Looks for ``<method>-<profile>.pt`` in ``checkpoint_dir`` (what ``train`` wrote), then in
+    ``COMMITTED_CHECKPOINT_DIR`` (``handlib/assets/checkpoints``, trained by the authors; its
+    ``.md`` record says how).
+
+    Returns:
+        the path of the first that exists.
+
+    Raises:
+        FileNotFoundError: naming both places, when neither holds one.
+    """
+    for folder in (Path(checkpoint_dir), COMMITTED_CHECKPOINT_DIR):
+        path = checkpoint_path(method_name, profile, folder)
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"no checkpoint {method_name}-{profile}.pt in {checkpoint_dir} nor in "
+                            f"{COMMITTED_CHECKPOINT_DIR}; train one with `python -m handlib train {method_name} "
+                            f"--profile {profile}`")
+
+
+def export_checkpoint(source, destination, note: str = "") -> Path:
+    """Write a slim copy of a checkpoint, for shipping: the weights, config, history, provenance and
+    metrics, without the optimiser, scheduler and random states (so it loads but does not resume).
+
+    Args:
+        source: a ``.pt`` written by ``train``.
+        destination: the ``.pt`` to write; its ``.json`` / ``.md`` record is written beside it.
+        note: a sentence for the record saying what the checkpoint is (e.g. how long it trained).
+
+    Returns:
+        ``destination`` as a Path.
+    """
+    source, destination = Path(source), Path(destination)
+    if not source.is_file():
+        raise FileNotFoundError(f"source: checkpoint {source} does not exist; train it first")
+    state = load_torch(source)
+    provenance = dict(state["provenance"], note=note) if note else state["provenance"]
+    save_torch({"format": CHECKPOINT_FORMAT, "step": state["step"], "config": state["config"],
+                "model": state["model"], "history": state["history"], "provenance": provenance,
+                "metrics": state["metrics"]}, destination)
+    write_record(destination, state["config"], provenance, state["step"], state["history"], state["metrics"])
+    return destination
 
 
 def run_config(method_name: str, profile: str, hyper: TrainingProfile, seed: int) -> dict:
@@ -346,7 +403,10 @@ def write_record(path: Path, config: dict, provenance: dict, step: int, history:
              f"- checkpoint: `{path.name}`, step {step} of {config['steps']}",
              f"- seed {config['seed']}, device {provenance['device']}, torch {provenance['torch']}, "
              f"wall time {provenance['wall_time_s']:.0f} s",
-             f"- command: `{provenance['command']}`", "",
+             f"- command: `{provenance['command']}`"]
+    if provenance.get("note"):
+        lines += [f"- {provenance['note']}"]
+    lines += ["",
              "| loss term (mean of last 100 steps) | value |", "|---|---|"]
     lines += [f"| {name} | {value:.4g} |" for name, value in final_losses.items()]
     if run_metrics:
@@ -367,7 +427,8 @@ def _float_terms(terms: dict) -> dict:
 
 def train(method_name: str, profile: str | None = None, device=None, seed: int = 0,
           checkpoint_dir=DEFAULT_CHECKPOINT_DIR, resume: bool = True, stop_at: int | None = None,
-          progress: bool = True, dataset: Dataset | None = None, test_dataset: Dataset | None = None) -> TrainResult:
+          progress: bool = True, dataset: Dataset | None = None, test_dataset: Dataset | None = None,
+          overrides: dict | None = None) -> TrainResult:
     """Train a registered method, resuming from its checkpoint if there is one.
 
     Args:
@@ -381,6 +442,8 @@ def train(method_name: str, profile: str | None = None, device=None, seed: int =
         progress: show a tqdm progress bar with the running losses.
         dataset: training Dataset of sample dicts; None = ``spec.make_dataset("train", ...)``.
         test_dataset: the fixed test set; None = ``spec.make_dataset("test", ..., TEST_SEED)``.
+        overrides: fields of the profile's ``TrainingProfile`` to change, e.g. ``{"steps": 20000}``
+            for a longer run of the same model (recorded in the checkpoint's config).
 
     Returns:
         ``TrainResult``; ``metrics`` holds ``evaluate``'s numbers once the run has finished.
@@ -388,6 +451,12 @@ def train(method_name: str, profile: str | None = None, device=None, seed: int =
     spec = get_method(method_name)
     profile = get_profile(profile)
     hyper: TrainingProfile = spec.profiles[profile]
+    if overrides:
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainingProfile)}
+        if unknown:
+            raise ValueError(f"overrides: unknown TrainingProfile fields {sorted(unknown)}; expected some of "
+                             f"{[f.name for f in dataclasses.fields(TrainingProfile)]}")
+        hyper = dataclasses.replace(hyper, **overrides)
     device = get_device(device)
     config = run_config(method_name, profile, hyper, seed)
     path = checkpoint_path(method_name, profile, checkpoint_dir)
@@ -514,7 +583,8 @@ def load_model(method_name: str, checkpoint=None, profile: str | None = None, de
 
     Args:
         method_name: a registered method.
-        checkpoint: path of a .pt file; None = ``checkpoint_path(method_name, profile, checkpoint_dir)``.
+        checkpoint: path of a .pt file; None = ``find_checkpoint(method_name, profile, checkpoint_dir)``
+            (yours, else the one shipped in ``handlib/assets/checkpoints``).
         profile: the profile whose model size to build; None = the checkpoint's (or ``get_profile()``).
         device: where to put the model; None = CUDA when available.
 
@@ -524,7 +594,7 @@ def load_model(method_name: str, checkpoint=None, profile: str | None = None, de
     spec = get_method(method_name)
     device = get_device(device)
     if checkpoint is None:
-        checkpoint = checkpoint_path(method_name, get_profile(profile), checkpoint_dir)
+        checkpoint = find_checkpoint(method_name, get_profile(profile), checkpoint_dir)
     state = load_torch(checkpoint, map_location=device)
     if state.get("config", {}).get("method") != method_name:
         raise ValueError(f"{checkpoint}: a checkpoint of {state.get('config', {}).get('method')!r}, "
@@ -541,7 +611,7 @@ def evaluate(method_name: str, checkpoint=None, profile: str | None = None, devi
 
     Args:
         method_name: a registered method.
-        checkpoint: .pt path; None = the default checkpoint of the profile.
+        checkpoint: .pt path; None = ``find_checkpoint`` of the profile (yours, else the shipped one).
         profile: "quick" or "full"; None = the checkpoint's, or ``runtime.get_profile()``.
         device: None = CUDA when available.
         checkpoint_dir: where the default checkpoint lives.
@@ -555,7 +625,9 @@ def evaluate(method_name: str, checkpoint=None, profile: str | None = None, devi
         epe_procrustes_mm, alignment, num_samples).
     """
     spec = get_method(method_name)
-    if checkpoint is not None and profile is None:
+    if checkpoint is None:
+        checkpoint = find_checkpoint(method_name, get_profile(profile), checkpoint_dir)
+    elif profile is None:
         profile = load_torch(checkpoint)["config"]["profile"]      # the profile it was trained with
     profile = get_profile(profile)
     hyper = spec.profiles[profile]
@@ -573,15 +645,22 @@ TABLE_COLUMNS = {"method": "method", "profile": "profile", "epe_3d_mm": "3D EPE 
                  "epe_procrustes_mm": "Procrustes EPE (mm)", "alignment": "3D alignment"}
 
 
-def format_table(rows: list[dict]) -> str:
-    """A markdown table of benchmark rows (``TABLE_COLUMNS``), numbers with 2 or 3 decimals."""
+def format_table(rows: list[dict], columns: dict | None = None) -> str:
+    """A markdown table of rows, numbers with 2 or 3 decimals.
+
+    Args:
+        rows: list of dicts.
+        columns: {key: header}; None = ``TABLE_COLUMNS`` (the benchmark's).
+    """
+    columns = columns or TABLE_COLUMNS
+
     def cell(key, value):
         if isinstance(value, float):
             return "n/a" if math.isnan(value) else f"{value:.3f}" if key == "auc_20_50" else f"{value:.2f}"
         return str(value)
 
-    lines = ["| " + " | ".join(TABLE_COLUMNS.values()) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
-    lines += ["| " + " | ".join(cell(key, row.get(key, "")) for key in TABLE_COLUMNS) + " |" for row in rows]
+    lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(key, row.get(key, "")) for key in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -592,25 +671,29 @@ def benchmark(profile: str | None = None, device=None, checkpoint_dir=DEFAULT_CH
     Args:
         profile: "quick" or "full"; None = ``runtime.get_profile()``.
         device: None = CUDA when available.
-        checkpoint_dir: where the checkpoints are.
+        checkpoint_dir: where your checkpoints are (``find_checkpoint`` falls back to the shipped ones).
         methods: names to evaluate; None = all registered methods (those without a checkpoint are
             left out, and named when ``verbose``).
         verbose: print the table.
 
     Returns:
-        list of dicts: {"method", "profile", and the keys of ``metrics.benchmark_row``}.
+        list of dicts: {"method", "profile", "checkpoint" (the path ``find_checkpoint`` chose), and
+        the keys of ``metrics.benchmark_row``}.
     """
     profile = get_profile(profile)
     rows, missing = [], []
     for name in methods or available_methods():
-        path = checkpoint_path(name, profile, checkpoint_dir)
-        if not path.is_file():
+        try:
+            path = find_checkpoint(name, profile, checkpoint_dir)
+        except FileNotFoundError:
             missing.append(name)
             continue
-        rows.append({"method": name, "profile": profile,
+        rows.append({"method": name, "profile": profile, "checkpoint": str(path),
                      **evaluate(name, path, profile, device, checkpoint_dir)})
     if verbose:
         print(format_table(rows) if rows else f"no trained {profile} checkpoints in {checkpoint_dir}")
+        for row in rows:
+            print(f"{row['method']}: {row['checkpoint']}")
         if missing:
             print(f"not trained ({profile}): {', '.join(missing)}; run `python -m handlib train METHOD`")
     return rows

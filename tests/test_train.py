@@ -164,9 +164,58 @@ def test_registry_errors():
 
 def test_benchmark_lists_the_trained_methods(tmp_path, capsys):
     result = run(tmp_path)
-    rows = training.benchmark("quick", "cpu", tmp_path, methods=["tiny_test_method", "zimmermann2017"],
+    training.register_method(training.MethodSpec(
+        name="tiny_never_trained", build_model=lambda profile: TinyModel(), loss=tiny_loss, predict=tiny_predict,
+        profiles={"quick": PROFILE, "full": PROFILE}, alignment="none"))
+    rows = training.benchmark("quick", "cpu", tmp_path, methods=["tiny_test_method", "tiny_never_trained"],
                               verbose=True)
     assert [row["method"] for row in rows] == ["tiny_test_method"]
     assert rows[0]["epe_3d_mm"] == result.metrics["epe_3d_mm"]
     printed = capsys.readouterr().out
-    assert "| tiny_test_method | quick |" in printed and "not trained (quick): zimmermann2017" in printed
+    assert "| tiny_test_method | quick |" in printed and "not trained (quick): tiny_never_trained" in printed
+
+
+def test_shipped_checkpoints_are_found_when_you_have_none(tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "COMMITTED_CHECKPOINT_DIR", tmp_path / "shipped")
+    mine, empty = tmp_path / "mine", tmp_path / "empty"
+    result = run(mine)
+    with pytest.raises(FileNotFoundError, match="python -m handlib train tiny_test_method"):
+        training.find_checkpoint("tiny_test_method", "quick", empty)
+    # A slim copy ships: weights, config, history, provenance and metrics, no optimiser state.
+    shipped = training.export_checkpoint(result.checkpoint, tmp_path / "shipped" / result.checkpoint.name,
+                                         note="A test run.")
+    state = load_torch(shipped)
+    assert "optimizer" not in state and "rng" not in state and state["history"] == result.history
+    assert "A test run." in shipped.with_suffix(".md").read_text()
+    # One lookup: yours first, else the shipped one; evaluate and load_model use it.
+    assert training.find_checkpoint("tiny_test_method", "quick", mine) == result.checkpoint
+    assert training.find_checkpoint("tiny_test_method", "quick", empty) == shipped
+    assert training.evaluate("tiny_test_method", profile="quick", device="cpu", checkpoint_dir=empty) == result.metrics
+    assert not training.load_model("tiny_test_method", profile="quick", device="cpu", checkpoint_dir=empty).training
+
+
+def test_overrides_make_a_longer_run_of_the_same_profile(tmp_path):
+    result = run(tmp_path, overrides={"steps": 70, "milestones": (60,)})
+    assert result.step == 70 and len(result.history["total"]) == 70
+    assert load_torch(result.checkpoint)["config"]["steps"] == 70          # recorded, so resume checks it
+    with pytest.raises(ValueError, match="unknown TrainingProfile fields"):
+        run(tmp_path / "other", overrides={"stpes": 70})
+
+
+def test_the_training_set_is_rendered_once_and_read_from_the_cache(tmp_path, monkeypatch):
+    from handlib.data import synth
+
+    cached = synth.cached_set("train", 3, seed=5, image_size=32, cache_dir=tmp_path, progress=False, chunk_size=4)
+    rendered = synth.render_batch([0, 1, 2], 5, "train", synth.make_config(image_size=32))
+    assert len(cached) == 3 and "synth_train_seed5_32px" in cached.directory.name
+    assert torch.allclose(torch.stack([cached[i]["image"] for i in range(3)]), rendered["image"], atol=1 / 255)
+    assert torch.allclose(torch.stack([cached[i]["keypoints_2d"] for i in range(3)]), rendered["keypoints_2d"])
+
+    def no_rendering(*args, **kwargs):
+        raise AssertionError("the cached set was rendered again")
+
+    monkeypatch.setattr(synth, "render_batch", no_rendering)
+    again = synth.cached_set("train", 3, seed=5, image_size=32, cache_dir=tmp_path, progress=False, chunk_size=4)
+    assert torch.equal(again[2]["image"], cached[2]["image"])
+    with pytest.raises(ValueError, match="split"):
+        synth.cached_set("validation", 3, seed=5, image_size=32, cache_dir=tmp_path)

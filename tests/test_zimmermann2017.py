@@ -120,20 +120,20 @@ def test_canonical_frame_rejects_wrong_shapes():
 
 # ---------------------------------------------------------------- networks and losses
 
-def fake_batch(batch_size=2, seed=0):
-    """A batch of sample dicts with a random image and a consistent projection of random keypoints."""
+def fake_batch(batch_size=2, seed=0, size=64):
+    """A batch of sample dicts with a random size x size image and a consistent projection of random keypoints."""
     from torch.utils.data import default_collate
 
     from handlib.data.sample import make_sample
     from handlib.geometry import project_points
 
     generator = torch.Generator().manual_seed(seed)
-    K = torch.tensor([[200.0, 0, 64], [0, 200.0, 64], [0, 0, 1]])
+    K = torch.tensor([[1.5 * size, 0, size / 2], [0, 1.5 * size, size / 2], [0, 0, 1]])
     samples = []
     for i in range(batch_size):
         keypoints_3d = 0.03 * torch.randn(21, 3, generator=generator) + torch.tensor([0.0, 0.0, 0.5])
-        samples.append(make_sample(torch.rand(3, 128, 128, generator=generator), project_points(keypoints_3d, K), K,
-                                   mask=(torch.rand(128, 128, generator=generator) > 0.5).float(),
+        samples.append(make_sample(torch.rand(3, size, size, generator=generator), project_points(keypoints_3d, K), K,
+                                   mask=(torch.rand(size, size, generator=generator) > 0.5).float(),
                                    keypoints_3d=keypoints_3d, is_right=bool(i % 2)))
     return default_collate(samples)
 
@@ -144,9 +144,9 @@ def test_model_shapes_and_loss_gradients(lifting):
     model = zb.build_model("quick", lifting)
     batch = fake_batch()
     out = model(batch["image"], batch["is_right"])
-    assert out["segmentation"].shape == (2, 2, 128, 128)
+    assert out["segmentation"].shape == (2, 2, 64, 64)                  # the quick profile's 64 px images
     assert len(out["score_maps"]) == zb.MODEL_CONFIGS["quick"].pose_stages
-    assert all(maps.shape == (2, 21, 32, 32) for maps in out["score_maps"])
+    assert all(maps.shape == (2, 21, 16, 16) for maps in out["score_maps"])  # a quarter of the image
     assert out["keypoints_3d"].shape == (2, 21, 3)
     if lifting == "canonical":
         assert out["canonical"].shape == (2, 21, 3) and out["viewpoint"].shape == (2, 3, 3)
@@ -160,7 +160,9 @@ def test_model_shapes_and_loss_gradients(lifting):
     model.eval()
     prediction = zb.zimmermann2017_predict(model, batch)
     assert prediction["keypoints_3d"].shape == (2, 21, 3) and prediction["keypoints_2d"].shape == (2, 21, 2)
-    assert prediction["mask"].shape == (2, 128, 128)
+    assert prediction["mask"].shape == (2, 64, 64)
+    with pytest.raises(ValueError, match="64, 64"):
+        model(fake_batch(size=128)["image"], batch["is_right"])        # the wrong image size is named
 
 
 def test_posenet_loss_by_hand():
@@ -193,3 +195,25 @@ def test_methods_are_registered():
     # The full profile is the wider model.
     count = lambda model: sum(p.numel() for p in model.parameters())                # noqa: E731
     assert count(zb.build_model("full")) > 5 * count(zb.build_model("quick"))
+
+
+def test_lifting_ablation_has_one_row_per_lifting_and_input():
+    torch.manual_seed(0)
+    canonical, direct = zb.build_model("quick", "canonical"), zb.build_model("quick", "direct")
+    batch = fake_batch(batch_size=4, seed=1)
+    dataset = [{key: value[i] for key, value in batch.items()} for i in range(4)]
+    rows = zb.lifting_ablation(canonical, direct, dataset, device="cpu", batch_size=2)
+    assert [(row["lifting"], row["score_maps"].split()[0]) for row in rows] == [
+        ("direct", "ground"), ("direct", "PoseNet"), ("canonical + viewpoint", "ground"),
+        ("canonical + viewpoint", "PoseNet")]
+    assert all(row["num_samples"] == 4 and row["median_3d_mm"] > 0 and 0 <= row["auc_20_50"] <= 1 for row in rows)
+    with pytest.raises(ValueError, match="direct_model"):
+        zb.lifting_ablation(canonical, canonical, dataset, device="cpu")
+
+
+def test_score_maps_are_a_quarter_of_the_image():
+    assert zb.score_map_size(64) == 16 and zb.score_map_size(128) == 32
+    maps = zb.score_map_targets(torch.tensor([[[31.5, 31.5]]]).expand(1, 21, 2), torch.ones(1, 21), 64)
+    assert maps.shape == (1, 21, 16, 16) and float(maps.max()) > 0.9
+    with pytest.raises(ValueError, match="multiple of 8"):
+        zb.score_map_size(60)

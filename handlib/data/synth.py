@@ -935,8 +935,8 @@ def cached_set(split: str, num_samples: int, seed: int = 0, image_size: int = 12
             raise ValueError(f"{path}: corrupt cache chunk: {problem}. Delete the file and call again to render it "
                              "anew (or pass on_corrupt='regenerate')")
 
-    with tqdm(total=chunks * chunk_size, initial=len(loaded) * chunk_size, disable=not progress, unit="sample",
-              desc=f"synthetic {split} set ({directory.name})") as bar:
+    with tqdm(total=chunks * chunk_size, initial=len(loaded) * chunk_size, disable=not (progress and missing),
+              unit="sample", desc=f"synthetic {split} set ({directory.name})") as bar:
         for c in missing:
             indices = list(range(c * chunk_size, (c + 1) * chunk_size))
             parts = []
