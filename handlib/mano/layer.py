@@ -149,20 +149,22 @@ def kinematic_chain(rotations: torch.Tensor, joints: torch.Tensor, parents) -> t
     depth = [0] * len(parents)
     for k in range(1, len(parents)):
         depth[k] = depth[parents[k]] + 1
-    offsets = joints.clone()
-    offsets[:, 1:] = joints[:, 1:] - joints[:, parents[1:]]  # J_k - J_parent(k), (B, J, 3)
+    parent_positions = torch.cat([torch.zeros_like(joints[:, :1]), joints[:, parents[1:]]], dim=1)
+    offsets = joints - parent_positions  # J_k - J_parent(k), and J_0 for the root; (B, J, 3)
 
-    world_rotation = [rotations[:, 0]] + [None] * (len(parents) - 1)
-    world_position = [joints[:, 0]] + [None] * (len(parents) - 1)
+    # Frames are appended level by level; `placed` lists the joints in the order they were appended.
+    world_rotation, world_position, placed = rotations[:, :1], joints[:, :1], [0]
     for level in range(1, max(depth) + 1):
         ks = [k for k in range(len(parents)) if depth[k] == level]
-        parent_rotation = torch.stack([world_rotation[parents[k]] for k in ks], 1)  # (B, n, 3, 3)
-        parent_position = torch.stack([world_position[parents[k]] for k in ks], 1)  # (B, n, 3)
+        at = [placed.index(parents[k]) for k in ks]
+        parent_rotation = world_rotation[:, at]  # (B, n, 3, 3)
         rotation = parent_rotation @ rotations[:, ks]  # (B, n, 3, 3)
-        position = parent_position + (parent_rotation @ offsets[:, ks, :, None])[..., 0]  # (B, n, 3)
-        for i, k in enumerate(ks):
-            world_rotation[k], world_position[k] = rotation[:, i], position[:, i]
-    return torch.stack(world_rotation, 1), torch.stack(world_position, 1)
+        position = world_position[:, at] + (parent_rotation @ offsets[:, ks, :, None])[..., 0]  # (B, n, 3)
+        world_rotation = torch.cat([world_rotation, rotation], dim=1)
+        world_position = torch.cat([world_position, position], dim=1)
+        placed += ks
+    back = [placed.index(k) for k in range(len(parents))]  # to the model's joint order
+    return world_rotation[:, back], world_position[:, back]
 
 
 def skin(vertices: torch.Tensor, weights: torch.Tensor, joint_rotation: torch.Tensor,
@@ -258,7 +260,8 @@ class ManoLayer(nn.Module):
         # Joints are linear in the shape: J(beta) = J_regressor T + beta (J_regressor S). Folding the
         # regressor into the template and the shape directions once makes step 2 a (16 x K) product.
         buffer("joint_template", model.J_regressor @ model.v_template)  # (16, 3)
-        buffer("joint_shapedirs", np.einsum("jv,vdk->jdk", model.J_regressor, model.shapedirs))  # (16, 3, K)
+        buffer("joint_directions", np.einsum("jv,vdk->kjd", model.J_regressor, model.shapedirs).reshape(
+            model.num_betas, -1))  # (K, 48)
         # Steps 1 and 4 in one product: T_P = T + [beta, p(theta)] @ [S; P] (SMPL Eq. 6), with the
         # (V, 3, K) and (V, 3, 135) blend shapes stacked as one (K + 135, 3V) matrix.
         buffer("blend_directions", np.concatenate([model.shapedirs.reshape(-1, model.num_betas).T,
@@ -308,8 +311,9 @@ class ManoLayer(nn.Module):
         global_orient = torch.zeros(batch, 3, **like) if global_orient is None else global_orient
 
         full_pose = torch.cat([global_orient, self.finger_pose(hand_pose)], dim=1)  # (B, 48)
-        betas = torch.nn.functional.pad(betas, (0, self.num_betas - betas.shape[1]))  # (B, K)
-        rest_joints = self.joint_template + torch.einsum("bk,jdk->bjd", betas, self.joint_shapedirs)  # step 2
+        if betas.shape[1] < self.num_betas:
+            betas = torch.nn.functional.pad(betas, (0, self.num_betas - betas.shape[1]))  # (B, K)
+        rest_joints = self.joint_template + (betas @ self.joint_directions).unflatten(1, (16, 3))  # step 2
         rotations = axis_angle_to_matrix(full_pose.unflatten(1, (16, 3)))  # (B, 16, 3, 3)
         coefficients = torch.cat([betas, pose_feature(rotations)], dim=1)  # (B, K + 135)       steps 1, 3
         v_posed = self.v_template + (coefficients @ self.blend_directions).unflatten(1, (-1, 3))  # (B, V, 3) 4
@@ -321,9 +325,7 @@ class ManoLayer(nn.Module):
             joint_position = joint_position + transl[:, None]
         tips = vertices[:, self.fingertip_vertex_ids]  # (B, 5, 3)
         joints = torch.cat([joint_position, tips], dim=1)[:, self._course_order]  # (B, 21, 3)
-        transforms = torch.zeros(batch, 16, 4, 4, **like)
-        transforms[..., :3, :3] = joint_rotation
-        transforms[..., :3, 3] = joint_position
-        transforms[..., 3, 3] = 1.0
+        bottom_row = torch.tensor([0.0, 0.0, 0.0, 1.0], **like).expand(batch, 16, 1, 4)
+        transforms = torch.cat([torch.cat([joint_rotation, joint_position[..., None]], -1), bottom_row], -2)
         return HandOutput(vertices=vertices, joints=joints, mano_joints=joint_position,
                           transforms=transforms, full_pose=full_pose, betas=betas)
