@@ -837,12 +837,6 @@ def cached_set_directory(split: str, seed: int, image_size: int, cache_dir="data
     return Path(cache_dir) / f"synth_{split}_seed{seed}_{image_size}px_{fingerprint}"
 
 
-def cached_test_set_directory(seed: int, image_size: int, cache_dir="data/cache", config: SynthConfig | None = None,
-                              chunk_size: int = CHUNK_SIZE) -> Path:
-    """The folder of a cached test set (``cached_set_directory("test", ...)``)."""
-    return cached_set_directory("test", seed, image_size, cache_dir, config, chunk_size)
-
-
 def _fingerprint(seed: int, config: SynthConfig, chunk_size: int) -> str:
     text = f"{ENGINE_VERSION}|{seed}|{config.to_json()}|{_hand().fingerprint}|{chunk_size}"
     return hashlib.blake2b(text.encode(), digest_size=5).hexdigest()

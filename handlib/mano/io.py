@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse
 
-from handlib.files import atomic_path
+from handlib.files import atomic_path, load_npz, save_npz
 from handlib.safe_pickle import NUMPY_ARRAY_GLOBALS, UnsafePickleError, restricted_load
 from handlib.skeleton import MANO_FINGERTIP_VERTEX_IDS, NUM_MANO_JOINTS
 
@@ -238,11 +238,7 @@ def load_mano(path) -> ManoModel:
             f"{path}: no such MANO model file. handlib ships its own open hand model "
             f"(handlib.mano.default_model_path()); the official MANO files come from {MANO_DOWNLOAD}")
     if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
-        except Exception as error:
-            raise ValueError(f"{path}: not a readable .npz of plain arrays ({error})") from error
+        arrays = load_npz(path)
     else:
         try:
             arrays = restricted_pickle_load(path)
@@ -267,13 +263,11 @@ def save_mano(model: ManoModel | dict, path) -> Path:
     if isinstance(model, dict):
         model = model_from_arrays(model, source=str(path))
     arrays = model.to_dict()
+    if path.suffix == ".npz":
+        return save_npz(path, compressed=False, **arrays)
     with atomic_path(path) as tmp:
-        if path.suffix == ".npz":
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-        else:
-            with open(tmp, "wb") as f:
-                pickle.dump(arrays, f, protocol=4)
+        with open(tmp, "wb") as f:
+            pickle.dump(arrays, f, protocol=4)
     return path
 
 

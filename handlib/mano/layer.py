@@ -18,6 +18,7 @@ coefficients of MANO's PCA basis. The joints of the result are the joint positio
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +39,6 @@ def default_model_path() -> Path:
     ``$HANDLIB_MANO_MODEL`` if set (for example your own official ``MANO_RIGHT.pkl``), else the
     open hand model shipped with handlib (``handlib/assets/mano/MANO_RIGHT.pkl``).
     """
-    import os
-
     path = Path(os.environ.get("HANDLIB_MANO_MODEL", ASSET_DIR / "MANO_RIGHT.pkl"))
     if not path.is_file():
         raise FileNotFoundError(f"{path}: hand model not found. Build the open hand with "
