@@ -6,8 +6,9 @@ Two modes:
 
 ``speed`` (default)
     Seconds per training step of a method's profile (after a few warm-up steps), split into
-    data loading and the optimiser step, on the cached training set. The machine's load average
-    is printed first: the numbers are only comparable at similar load.
+    data loading and the optimiser step, on the cached training set, on ``--device`` (default:
+    CUDA when available). The machine's load average is printed first: the numbers are only
+    comparable at similar load.
 
 ``long``
     A longer run of a profile's model (``--steps``, ``--milestones``, ``--train-samples``): what
@@ -33,8 +34,11 @@ from handlib import train as training
 def speed(args) -> None:
     spec = training.get_method(args.method)
     hyper = spec.profiles[args.profile]
+    device = training.get_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True           # as handlib.train.train does
     torch.manual_seed(0)
-    model = spec.build_model(args.profile)
+    model = spec.build_model(args.profile).to(device)
     optimizer, _ = training.make_optimizer(model, hyper)
     dataset = spec.make_dataset("train", hyper.train_samples, 0, hyper.image_size)
     batches = iter(training.training_batches(dataset, 0, args.warmup + args.steps, hyper.batch_size, 0,
@@ -42,21 +46,29 @@ def speed(args) -> None:
     load_times, step_times = [], []
     for step in range(args.warmup + args.steps):
         start = time.perf_counter()
-        batch = next(batches)
+        batch = training.to_device(next(batches), device)
+        synchronize(device)
         loaded = time.perf_counter()
         total, _ = spec.loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
+        synchronize(device)
         if step >= args.warmup:
             load_times.append(loaded - start)
             step_times.append(time.perf_counter() - loaded)
     load, step = sum(load_times) / len(load_times), sum(step_times) / len(step_times)
     print(f"{args.method} ({args.profile}): batch {hyper.batch_size}, {hyper.image_size} px, "
-          f"{torch.get_num_threads()} threads")
+          f"{training.device_name(device)}, {hyper.num_workers} loading workers")
     print(f"| data (s/step) | forward + backward + Adam (s/step) | total (s/step) | {hyper.steps} steps (min) |")
     print("|---|---|---|---|")
     print(f"| {load:.3f} | {step:.3f} | {load + step:.3f} | {(load + step) * hyper.steps / 60:.1f} |")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU to finish its queued work (so the clock measures it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _stop_on_term(signum, frame):
@@ -96,6 +108,7 @@ def main():
     parser.add_argument("--profile", choices=["quick", "full"], default="quick")
     parser.add_argument("--steps", type=int, default=20, help="speed: timed steps; long: the run's steps")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default=None, help="speed: cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--milestones", type=int, nargs="*", default=[])
     parser.add_argument("--train-samples", type=int, default=4096)
     parser.add_argument("--checkpoint-every", type=int, default=250)

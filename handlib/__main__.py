@@ -2,9 +2,10 @@
 
     build-hand      build the open hand model (MANO format) into handlib/assets/mano/
     convert-mano    convert an official MANO_*.pkl (chumpy) into plain arrays (.npz or .pkl)
-    generate        render and cache the fixed synthetic test set
+    generate        render and cache a method's training and test sets (every CPU core)
     train           train a method (profile quick or full), with checkpoints and resume
     evaluate        evaluate a trained method on the fixed synthetic test set
+    export          ship a trained checkpoint (weights and record) in handlib/assets/checkpoints
     benchmark       evaluate every trained method and print one table
 """
 from __future__ import annotations
@@ -12,6 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+
+def _checkpoint_dir(args) -> dict:
+    """``{"checkpoint_dir": ...}`` when --checkpoint-dir was given, else {} (handlib.train's default)."""
+    return {} if args.checkpoint_dir is None else {"checkpoint_dir": args.checkpoint_dir}
 
 
 def _build_hand(args):
@@ -28,27 +34,55 @@ def _convert_mano(args):
 
 
 def _generate(args):
-    from handlib.data.synth import cached_test_set
+    from handlib.runtime import get_profile
+    from handlib.train import TEST_SEED, get_method
 
-    cached_test_set(num_samples=args.num_samples, seed=args.seed, image_size=args.image_size, progress=True)
+    spec = get_method(args.method)
+    hyper = spec.profiles[get_profile(args.profile)]
+    spec.make_dataset("train", hyper.train_samples, args.seed, hyper.image_size)
+    spec.make_dataset("test", hyper.test_samples, TEST_SEED, hyper.image_size)
 
 
 def _train(args):
-    from handlib.train import train
+    from handlib.train import format_table, train
 
-    train(args.method, profile=args.profile, device=args.device, seed=args.seed, resume=not args.restart)
+    time_limit_s = None if args.minutes is None else 60.0 * args.minutes
+    result = train(args.method, profile=args.profile, device=args.device, seed=args.seed, resume=not args.restart,
+                   time_limit_s=time_limit_s, **_checkpoint_dir(args))
+    print(f"{result.checkpoint}: step {result.step}, {result.wall_time_s:.0f} s of training")
+    if result.metrics:
+        print(format_table([{"method": result.method, "profile": result.profile, **result.metrics}]))
+
+
+def _export(args):
+    from handlib.runtime import get_profile
+    from handlib.train import COMMITTED_CHECKPOINT_DIR, checkpoint_path, export_checkpoint, load_torch
+
+    source = checkpoint_path(args.method, get_profile(args.profile), **_checkpoint_dir(args))
+    if not source.is_file():
+        raise FileNotFoundError(f"no checkpoint {source}; train it first: python -m handlib train {args.method}")
+    if load_torch(source).get("metrics") is None:
+        raise ValueError(f"{source} has not finished training (no metrics yet); run the same train command "
+                         "again to finish it, then export")
+    destination = export_checkpoint(source, COMMITTED_CHECKPOINT_DIR / source.name, note=args.note)
+    print(f"wrote {destination} ({destination.stat().st_size / 1e6:.1f} MB) and its records "
+          f"{destination.with_suffix('.md').name}, {destination.with_suffix('.json').name}")
 
 
 def _evaluate(args):
     from handlib.train import evaluate
 
-    evaluate(args.method, checkpoint=args.checkpoint, profile=args.profile, device=args.device, verbose=True)
+    evaluate(args.method, checkpoint=args.checkpoint, profile=args.profile, device=args.device,
+             verbose=True, **_checkpoint_dir(args))
 
 
 def _benchmark(args):
     from handlib.train import benchmark
 
-    benchmark(profile=args.profile, device=args.device, verbose=True)
+    benchmark(profile=args.profile, device=args.device, verbose=True, **_checkpoint_dir(args))
+
+
+CHECKPOINT_DIR_HELP = "where your checkpoints are written and found (default: data/checkpoints of the repository)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,28 +99,36 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("destination", type=Path, help="output .npz or .pkl (keep the MANO_RIGHT/LEFT name)")
     command.set_defaults(run=_convert_mano)
 
-    command = commands.add_parser("generate", help="render and cache the fixed synthetic test set")
-    command.add_argument("--num-samples", type=int, default=None, help="default: the profile's test-set size")
-    command.add_argument("--seed", type=int, default=None)
-    command.add_argument("--image-size", type=int, default=128)
-    command.set_defaults(run=_generate)
-
-    for name, run, help_text in [("train", _train, "train a method"), ("evaluate", _evaluate, "evaluate a method")]:
+    for name, run, help_text in [("generate", _generate, "render and cache the training and test sets of a method"),
+                                 ("train", _train, "train a method"), ("evaluate", _evaluate, "evaluate a method")]:
         command = commands.add_parser(name, help=help_text)
         command.add_argument("method", help="e.g. zimmermann2017")
         command.add_argument("--profile", choices=["quick", "full"], default=None,
                              help="default: $HANDLIB_PROFILE, else full with CUDA and quick without")
-        command.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+        if name in ("generate", "train"):
+            command.add_argument("--seed", type=int, default=0, help="seed of the run (and of its training set)")
         if name == "train":
-            command.add_argument("--seed", type=int, default=0)
             command.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
-        else:
+            command.add_argument("--minutes", type=float, default=None,
+                                 help="stop after this many minutes with a checkpoint; run again to resume")
+        if name in ("train", "evaluate"):
+            command.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+            command.add_argument("--checkpoint-dir", type=Path, default=None, help=CHECKPOINT_DIR_HELP)
+        if name == "evaluate":
             command.add_argument("--checkpoint", type=Path, default=None)
         command.set_defaults(run=run)
+
+    command = commands.add_parser("export", help="ship a trained checkpoint: a slim copy in handlib/assets/checkpoints")
+    command.add_argument("method", help="e.g. zimmermann2017")
+    command.add_argument("--profile", choices=["quick", "full"], default=None)
+    command.add_argument("--checkpoint-dir", type=Path, default=None, help=CHECKPOINT_DIR_HELP)
+    command.add_argument("--note", default="", help="a sentence for the record (how it was made, where)")
+    command.set_defaults(run=_export)
 
     command = commands.add_parser("benchmark", help="evaluate every trained method and print one table")
     command.add_argument("--profile", choices=["quick", "full"], default=None)
     command.add_argument("--device", default=None)
+    command.add_argument("--checkpoint-dir", type=Path, default=None, help=CHECKPOINT_DIR_HELP)
     command.set_defaults(run=_benchmark)
     return parser
 

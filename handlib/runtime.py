@@ -33,6 +33,11 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def available_cpus() -> int:
+    """Number of CPU cores this process may run on (the default count of rendering workers)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, numpy and torch; return a CPU ``torch.Generator`` seeded the same way."""
     if not isinstance(seed, int) or seed < 0:

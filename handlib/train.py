@@ -24,6 +24,7 @@ import dataclasses
 import importlib
 import json
 import math
+import platform
 import random
 import sys
 import time
@@ -39,7 +40,7 @@ from tqdm.auto import tqdm
 
 from handlib import metrics
 from handlib.files import atomic_path, load_torch, save_torch
-from handlib.runtime import PROFILES, get_device, get_profile, seed_everything
+from handlib.runtime import PROFILES, available_cpus, get_device, get_profile, seed_everything
 
 DEFAULT_CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / "data" / "cache"
@@ -48,10 +49,11 @@ COMMITTED_CHECKPOINT_DIR = Path(__file__).resolve().parent / "assets" / "checkpo
 # The fixed test set has its own seed (that of ``handlib.data.synth.cached_test_set``), so it is the
 # same whatever seed a run trains with; the "test" split never repeats a "train" sample.
 TEST_SEED = 0
-# Training sets up to this many samples are rendered once and cached on disk (a CPU spends more time
-# rendering a sample than training a small network on it); larger ones (the GPU-sized "full"
-# profiles) are rendered on the fly by the DataLoader's workers.
-TRAIN_CACHE_LIMIT = 8192
+# Training sets up to this many samples are rendered once (by every CPU core in parallel), cached
+# on disk and held in memory: rendering a sample costs more than a training step of the small
+# networks here, on a CPU and on a GPU. The full profiles' 60 000 samples of 128 px take 5.9 GB.
+# Larger sets are rendered on the fly by the DataLoader's workers.
+TRAIN_CACHE_LIMIT = 100_000
 CHECKPOINT_FORMAT = 1
 # Modules that register methods when imported (each calls ``register_method``). Add new ones here.
 METHOD_MODULES = ["handlib.models.zimmermann2017"]
@@ -364,8 +366,16 @@ class TrainResult:
     wall_time_s: float = 0.0
 
 
+def device_name(device: torch.device) -> str:
+    """What a device is, for records: the GPU's name, or the CPU's architecture and core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.machine()} CPU, {available_cpus()} cores, {torch.get_num_threads()} torch threads"
+
+
 def _provenance(profile: str, device: torch.device, seed: int, wall_time_s: float) -> dict:
-    return {"command": " ".join(sys.argv), "profile": profile, "device": str(device), "seed": seed,
+    return {"command": " ".join(sys.argv), "profile": profile, "device": str(device),
+            "device_name": device_name(device), "seed": seed,
             "wall_time_s": float(wall_time_s), "torch": str(torch.__version__),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
@@ -401,7 +411,8 @@ def write_record(path: Path, config: dict, provenance: dict, step: int, history:
         tmp.write_text(json.dumps(_clean(record), indent=2, default=str) + "\n")
     lines = [f"# {config['method']} ({config['profile']} profile)", "",
              f"- checkpoint: `{path.name}`, step {step} of {config['steps']}",
-             f"- seed {config['seed']}, device {provenance['device']}, torch {provenance['torch']}, "
+             f"- seed {config['seed']}, device {provenance['device']} "
+             f"({provenance.get('device_name', 'not recorded')}), torch {provenance['torch']}, "
              f"wall time {provenance['wall_time_s']:.0f} s",
              f"- command: `{provenance['command']}`"]
     if provenance.get("note"):
@@ -428,7 +439,7 @@ def _float_terms(terms: dict) -> dict:
 def train(method_name: str, profile: str | None = None, device=None, seed: int = 0,
           checkpoint_dir=DEFAULT_CHECKPOINT_DIR, resume: bool = True, stop_at: int | None = None,
           progress: bool = True, dataset: Dataset | None = None, test_dataset: Dataset | None = None,
-          overrides: dict | None = None) -> TrainResult:
+          overrides: dict | None = None, time_limit_s: float | None = None) -> TrainResult:
     """Train a registered method, resuming from its checkpoint if there is one.
 
     Args:
@@ -439,6 +450,8 @@ def train(method_name: str, profile: str | None = None, device=None, seed: int =
         checkpoint_dir: folder of ``<method>-<profile>.pt`` and its record.
         resume: continue from an existing checkpoint (of the same config); False starts over.
         stop_at: stop after this step (a checkpoint is written), as if interrupted; None = run to the end.
+        time_limit_s: stop after the first step that ends this many seconds after this call began (a
+            checkpoint is written; call again to resume), e.g. to fit a session with a time limit.
         progress: show a tqdm progress bar with the running losses.
         dataset: training Dataset of sample dicts; None = ``spec.make_dataset("train", ...)``.
         test_dataset: the fixed test set; None = ``spec.make_dataset("test", ..., TEST_SEED)``.
@@ -448,6 +461,7 @@ def train(method_name: str, profile: str | None = None, device=None, seed: int =
     Returns:
         ``TrainResult``; ``metrics`` holds ``evaluate``'s numbers once the run has finished.
     """
+    call_start = time.perf_counter()
     spec = get_method(method_name)
     profile = get_profile(profile)
     hyper: TrainingProfile = spec.profiles[profile]
@@ -458,6 +472,8 @@ def train(method_name: str, profile: str | None = None, device=None, seed: int =
                              f"{[f.name for f in dataclasses.fields(TrainingProfile)]}")
         hyper = dataclasses.replace(hyper, **overrides)
     device = get_device(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True   # the input size never changes: let cuDNN pick its fastest kernels
     config = run_config(method_name, profile, hyper, seed)
     path = checkpoint_path(method_name, profile, checkpoint_dir)
 
@@ -509,8 +525,11 @@ def train(method_name: str, profile: str | None = None, device=None, seed: int =
                     running[name] = value if name not in running else 0.9 * running[name] + 0.1 * value
                 bar.update(1)
                 bar.set_postfix({name: f"{value:.4g}" for name, value in running.items()}, refresh=False)
-                if step % hyper.checkpoint_every == 0 or step == stop:
+                out_of_time = time_limit_s is not None and time.perf_counter() - call_start >= time_limit_s
+                if step % hyper.checkpoint_every == 0 or step == stop or out_of_time:
                     save(step)
+                if out_of_time:
+                    break
         except KeyboardInterrupt:
             save(step, step_start_rng)
             bar.close()
@@ -518,6 +537,9 @@ def train(method_name: str, profile: str | None = None, device=None, seed: int =
             raise
         bar.close()
         past_time += time.perf_counter() - start_time
+        if step < stop:
+            print(f"stopped at step {step} of {hyper.steps} after {time_limit_s:g} s (time_limit_s); checkpoint "
+                  f"{path} written, run again to resume", file=sys.stderr)
 
     finished = step >= hyper.steps
     provenance = _provenance(profile, device, seed, past_time)

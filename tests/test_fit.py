@@ -130,10 +130,13 @@ def test_init_2d_finds_depth_and_rotation_of_a_rigid_hand(layer):
     assert abs(float(found[0, 2]) - 0.5) < 0.05
 
 
-def test_fit_is_deterministic(layer):
+def test_fit_is_deterministic_and_leaves_the_global_random_state_alone(layer):
     _, truth = random_hands(layer, batch=2, seed=5)
     keypoints_2d = project_points(truth.joints, K)
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
     first = fit_to_keypoints_2d(layer, keypoints_2d, K, steps=10, num_starts=4, seed=3)
+    assert torch.equal(torch.get_rng_state(), before)
     second = fit_to_keypoints_2d(layer, keypoints_2d, K, steps=10, num_starts=4, seed=3)
     assert torch.equal(first.hand_pose, second.hand_pose) and np.array_equal(first.loss_history, second.loss_history)
 

@@ -196,9 +196,9 @@ def test_bad_arguments_raise(tmp_path):
 # --------------------------------------------------------------------------------------------------
 # The cache
 
-def _cache(tmp_path, **kwargs):
+def _cache(tmp_path, workers=0, **kwargs):
     return synth.cached_test_set(num_samples=14, seed=1, image_size=32, cache_dir=tmp_path, progress=False,
-                                 chunk_size=8, render_block=8, **kwargs)
+                                 chunk_size=8, render_block=8, workers=workers, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -224,6 +224,30 @@ def test_cache_writes_and_reloads_identically(cache_dir):
     assert (sample["depth"] - rendered["depth"][0]).abs().max() < 1e-3
     assert torch.equal(sample["keypoints_3d"], rendered["keypoints_3d"][0])
     assert set(sample) == set(SAMPLE_KEYS)
+
+
+def test_cache_rendered_by_worker_processes_is_the_same(cache_dir, tmp_path):
+    serial = _cache(cache_dir)
+    parallel = _cache(tmp_path, workers=2)
+    assert parallel.directory.name == serial.directory.name
+    for key, value in serial.arrays.items():
+        assert np.array_equal(parallel.arrays[key], value), key
+    assert sorted(p.name for p in parallel.directory.iterdir()) == ["chunk_00000.npz", "chunk_00001.npz"]
+
+
+def test_cache_batch_read_matches_single_items_and_the_renderer(cache_dir):
+    cached = _cache(cache_dir)
+    batch = cached.batch([13, 2, -1])
+    rendered = synth.render_batch([0], seed=1, split="test", image_size=32)
+    for key in SAMPLE_KEYS:
+        assert batch[key].dtype == rendered[key].dtype, key
+        assert batch[key].shape[1:] == rendered[key].shape[1:], key
+        assert torch.equal(batch[key][1], cached[2][key]), key
+        assert torch.equal(batch[key][0], batch[key][2]), key              # -1 is the last sample, 13
+    items = cached.__getitems__([5, 6])                                     # what a DataLoader asks for
+    assert torch.equal(torch.stack([item["image"] for item in items]), cached.batch([5, 6])["image"])
+    with pytest.raises(IndexError):
+        cached[14]
 
 
 def test_cache_resumes_after_a_chunk_is_deleted(cache_dir):

@@ -85,7 +85,8 @@ def test_loss_drops_and_the_run_is_recorded(tmp_path):
     state = load_torch(result.checkpoint)
     assert state["step"] == PROFILE.steps and state["config"]["seed"] == 3
     assert {"model", "optimizer", "scheduler", "rng", "history", "metrics"} <= set(state)
-    assert {"command", "profile", "device", "wall_time_s", "seed", "torch"} <= set(state["provenance"])
+    assert {"command", "profile", "device", "device_name", "wall_time_s", "seed", "torch"} <= set(state["provenance"])
+    assert "CPU" in state["provenance"]["device_name"]
     record = json.loads(result.checkpoint.with_suffix(".json").read_text())
     assert record["metrics"]["epe_3d_mm"] == pytest.approx(result.metrics["epe_3d_mm"])
     assert "epe_3d_mm" in result.checkpoint.with_suffix(".md").read_text()
@@ -102,6 +103,15 @@ def test_an_interrupted_run_resumes_to_the_same_numbers(tmp_path):
     assert resumed.metrics == straight.metrics
     a, b = load_torch(straight.checkpoint)["model"], load_torch(resumed.checkpoint)["model"]
     assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_a_time_limit_stops_with_a_checkpoint_and_the_run_resumes(tmp_path, capsys):
+    first = run(tmp_path, time_limit_s=0.0)           # out of time after the first step
+    assert first.step == 1 and not first.finished
+    assert load_torch(first.checkpoint)["step"] == 1
+    assert "run again to resume" in capsys.readouterr().err
+    resumed = run(tmp_path)
+    assert resumed.finished and resumed.history == run(tmp_path / "straight").history
 
 
 def test_keyboard_interrupt_writes_a_checkpoint_that_resumes_exactly(tmp_path):
@@ -219,3 +229,25 @@ def test_the_training_set_is_rendered_once_and_read_from_the_cache(tmp_path, mon
     assert torch.equal(again[2]["image"], cached[2]["image"])
     with pytest.raises(ValueError, match="split"):
         synth.cached_set("validation", 3, seed=5, image_size=32, cache_dir=tmp_path)
+
+
+def test_command_line_trains_with_a_time_limit_resumes_evaluates_and_exports(tmp_path, capsys, monkeypatch):
+    from handlib.__main__ import main
+
+    monkeypatch.setattr(training, "COMMITTED_CHECKPOINT_DIR", tmp_path / "shipped")
+    where = ["tiny_test_method", "--profile", "quick", "--checkpoint-dir", str(tmp_path)]
+    assert main(["train", *where, "--device", "cpu", "--seed", "3", "--minutes", "0"]) == 0
+    assert "step 1," in capsys.readouterr().out
+    assert main(["export", *where]) == 2                                   # unfinished: nothing shipped
+    assert "has not finished" in capsys.readouterr().err and not (tmp_path / "shipped").exists()
+    assert main(["train", *where, "--device", "cpu", "--seed", "3"]) == 0
+    trained = capsys.readouterr().out
+    assert f"step {PROFILE.steps}," in trained and "| tiny_test_method | quick |" in trained
+    assert main(["evaluate", *where, "--device", "cpu"]) == 0
+    assert "| tiny_test_method | quick |" in capsys.readouterr().out
+    assert main(["export", *where, "--note", "Made by a test."]) == 0
+    shipped = tmp_path / "shipped" / "tiny_test_method-quick.pt"
+    assert "optimizer" not in load_torch(shipped) and "Made by a test." in shipped.with_suffix(".md").read_text()
+    assert main(["generate", "tiny_test_method", "--profile", "quick"]) == 0
+    assert main(["evaluate", "no_such_method"]) == 2                       # a clear error, no traceback
+    assert "unknown method" in capsys.readouterr().err

@@ -61,7 +61,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from handlib.data.sample import SAMPLE_KEYS, make_sample
+from handlib.data.sample import SAMPLE_KEYS
 from handlib.geometry import project_points
 from handlib.render import crop_intrinsics, interpolate_covered, make_intrinsics, rasterize, vertex_normals
 
@@ -801,7 +801,7 @@ def _check_chunk(path: Path, arrays: dict, indices, image_size: int, fingerprint
 
 
 class CachedSynthDataset(torch.utils.data.Dataset):
-    """Samples loaded from cache chunks: item i is the sample dict of ``make_sample``.
+    """Samples loaded from cache chunks: item i is a sample dict (``SAMPLE_KEYS``).
 
     Images come back as float in [0, 1] from uint8 (so they differ from ``render_batch`` by at
     most 1/510), depth from float16 (about 0.3 mm at 0.5 m).
@@ -818,13 +818,56 @@ class CachedSynthDataset(torch.utils.data.Dataset):
         return len(self.arrays["image"])
 
     def __getitem__(self, index) -> dict:
-        a = {key: value[index] for key, value in self.arrays.items()}
-        return make_sample(torch.from_numpy(a["image"]).float() / 255.0, torch.from_numpy(a["keypoints_2d"]),
-                           torch.from_numpy(a["K"]), mask=torch.from_numpy(a["mask"]).float(),
-                           depth=torch.from_numpy(a["depth"].astype(np.float32)),
-                           keypoints_3d=torch.from_numpy(a["keypoints_3d"]),
-                           visibility=torch.from_numpy(a["visibility"]), pose=torch.from_numpy(a["pose"]),
-                           betas=torch.from_numpy(a["betas"]), is_right=bool(a["is_right"] > 0.5))
+        return unbatch(self.batch([index]))[0]
+
+    def __getitems__(self, indices) -> list[dict]:
+        """Many items in one read (``DataLoader`` uses this when batching)."""
+        return unbatch(self.batch(indices))
+
+    def batch(self, indices) -> dict:
+        """The items ``indices`` as one dict of batched tensors (as a DataLoader would collate them).
+
+        Returns:
+            dict with the keys of ``SAMPLE_KEYS``, each with the batch axis first (``render_batch``'s).
+        """
+        a = {key: torch.from_numpy(value[np.asarray(indices, dtype=np.int64)]) for key, value in self.arrays.items()}
+        real = torch.ones(len(a["image"]), dtype=torch.bool)          # every field of a synthetic sample is real
+        return {"image": a["image"].float() / 255.0, "mask": a["mask"].float(), "depth": a["depth"].float(),
+                "keypoints_2d": a["keypoints_2d"], "keypoints_3d": a["keypoints_3d"], "visibility": a["visibility"],
+                "K": a["K"], "pose": a["pose"], "betas": a["betas"], "is_right": (a["is_right"] > 0.5).float(),
+                "has_3d": real, "has_mask": real.clone(), "has_depth": real.clone(), "has_mano": real.clone()}
+
+
+class _ChunkJobs(torch.utils.data.Dataset):
+    """Item k renders cache chunk ``chunks[k]`` and writes it atomically: (chunk number, arrays).
+
+    A DataLoader over it renders chunks in parallel worker processes. A sample depends only on
+    (seed, split, index), so the files are the same whatever the number of workers.
+    """
+
+    def __init__(self, chunks, directory, seed, split, config, chunk_size, render_block, fingerprint):
+        self.chunks, self.directory, self.seed, self.split, self.config = chunks, directory, seed, split, config
+        self.chunk_size, self.render_block, self.fingerprint = chunk_size, render_block, fingerprint
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, k) -> tuple[int, dict]:
+        from handlib.files import save_npz
+
+        c = self.chunks[k]
+        indices = list(range(c * self.chunk_size, (c + 1) * self.chunk_size))
+        parts = [render_batch(indices[start:start + self.render_block], self.seed, self.split, self.config)
+                 for start in range(0, self.chunk_size, self.render_block)]
+        arrays = _to_chunk({key: torch.cat([p[key] for p in parts]) for key in _CHUNK_ARRAYS}, indices,
+                           self.fingerprint)
+        save_npz(self.directory / f"chunk_{c:05d}.npz", **arrays)
+        return c, arrays
+
+
+def _as_is(item):
+    """A DataLoader collate_fn that returns the item unchanged (numpy arrays stay numpy)."""
+    return item
 
 
 def cached_set_directory(split: str, seed: int, image_size: int, cache_dir="data/cache",
@@ -844,14 +887,16 @@ def _fingerprint(seed: int, config: SynthConfig, chunk_size: int) -> str:
 
 def cached_test_set(num_samples: int | None = None, seed: int | None = None, image_size: int = 128,
                     cache_dir="data/cache", progress: bool = True, config: SynthConfig | None = None,
-                    on_corrupt: str = "raise", render_block: int = 32, chunk_size: int = CHUNK_SIZE) -> CachedSynthDataset:
+                    on_corrupt: str = "raise", render_block: int = 32, chunk_size: int = CHUNK_SIZE,
+                    workers: int | None = None) -> CachedSynthDataset:
     """The fixed synthetic test set (split "test"), rendered once and cached on disk (``cached_set``).
 
     Args:
         num_samples: number of samples; None for the profile's size (``TEST_SET_SIZE``: quick 256,
             full 2000; ``handlib.runtime.get_profile``).
         seed: None for ``DEFAULT_TEST_SEED`` (0).
-        image_size, cache_dir, progress, config, on_corrupt, render_block, chunk_size: as in ``cached_set``.
+        image_size, cache_dir, progress, config, on_corrupt, render_block, chunk_size, workers: as in
+            ``cached_set``.
 
     Returns:
         ``CachedSynthDataset`` of the samples, in index order.
@@ -862,12 +907,12 @@ def cached_test_set(num_samples: int | None = None, seed: int | None = None, ima
         num_samples = TEST_SET_SIZE[get_profile()]
     seed = DEFAULT_TEST_SEED if seed is None else seed
     return cached_set("test", num_samples, seed, image_size, cache_dir, progress, config, on_corrupt,
-                      render_block, chunk_size)
+                      render_block, chunk_size, workers)
 
 
 def cached_set(split: str, num_samples: int, seed: int = 0, image_size: int = 128, cache_dir="data/cache",
                progress: bool = True, config: SynthConfig | None = None, on_corrupt: str = "raise",
-               render_block: int = 32, chunk_size: int = CHUNK_SIZE) -> CachedSynthDataset:
+               render_block: int = 32, chunk_size: int = CHUNK_SIZE, workers: int | None = None) -> CachedSynthDataset:
     """Samples ``0 .. num_samples - 1`` of (seed, split), rendered once and cached on disk.
 
     The fixed test set (``cached_test_set``) and a training set that is read epoch after epoch
@@ -889,13 +934,16 @@ def cached_set(split: str, num_samples: int, seed: int = 0, image_size: int = 12
             "raise" (a ValueError naming the file; delete it and call again) or "regenerate".
         render_block: samples rendered per ``render_batch`` call.
         chunk_size: samples per file (part of the folder's fingerprint).
+        workers: processes rendering missing chunks in parallel; None = one per CPU core
+            (``runtime.available_cpus``); 0 or 1 = render in this process. The files are the same.
 
     Returns:
         ``CachedSynthDataset`` of the samples, in index order.
     """
     from tqdm import tqdm
 
-    from handlib.files import load_npz, save_npz
+    from handlib.files import load_npz
+    from handlib.runtime import available_cpus
 
     if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
         raise ValueError(f"num_samples: expected a positive int (or None for the profile's default), got {num_samples!r}")
@@ -929,18 +977,15 @@ def cached_set(split: str, num_samples: int, seed: int = 0, image_size: int = 12
             raise ValueError(f"{path}: corrupt cache chunk: {problem}. Delete the file and call again to render it "
                              "anew (or pass on_corrupt='regenerate')")
 
+    workers = min(available_cpus() if workers is None else int(workers), len(missing))
+    jobs = _ChunkJobs(missing, directory, seed, split, config, chunk_size, render_block, fingerprint)
+    loader = torch.utils.data.DataLoader(jobs, batch_size=None, num_workers=workers if workers > 1 else 0,
+                                         collate_fn=_as_is)
     with tqdm(total=chunks * chunk_size, initial=len(loaded) * chunk_size, disable=not (progress and missing),
               unit="sample", desc=f"synthetic {split} set ({directory.name})") as bar:
-        for c in missing:
-            indices = list(range(c * chunk_size, (c + 1) * chunk_size))
-            parts = []
-            for start in range(0, chunk_size, render_block):
-                parts.append(render_batch(indices[start:start + render_block], seed, split, config))
-                bar.update(len(parts[-1]["image"]))
-            batch = {key: torch.cat([p[key] for p in parts]) for key in _CHUNK_ARRAYS}
-            arrays = _to_chunk(batch, indices, fingerprint)
-            save_npz(directory / f"chunk_{c:05d}.npz", **arrays)
+        for c, arrays in loader:
             loaded[c] = arrays
+            bar.update(chunk_size)
 
     arrays = {key: np.concatenate([loaded[c][key] for c in range(chunks)])[:num_samples] for key in _CHUNK_ARRAYS}
     return CachedSynthDataset(arrays, directory)

@@ -386,8 +386,11 @@ def _mean_distance(a: torch.Tensor, b: torch.Tensor, visibility: torch.Tensor) -
 def fit_to_keypoints_3d(layer: ManoLayer, keypoints_3d: torch.Tensor, visibility=None, *, steps: int = 150,
                         lr: float = 0.1, optimizer: str = "lbfgs", rotation: str = "6d", fit_betas: bool = True,
                         sigma: float = 0.01, shape_weight: float = 1e-3, pose_weight: float = 1e-4,
-                        limit_weight: float = 1.0, prior: HandPosePrior | None = None, seed: int = 0) -> FitResult:
+                        limit_weight: float = 1.0, prior: HandPosePrior | None = None) -> FitResult:
     """Fit the hand model to 3D keypoints by gradient descent with a pose prior.
+
+    Deterministic: it starts from the rigid fit of the palm (``init_from_keypoints_3d``) and draws no
+    random numbers.
 
     Args:
         layer: the hand model; its ``num_pca_comps`` decides the pose space (PCA or 45-D axis-angle).
@@ -403,7 +406,6 @@ def fit_to_keypoints_3d(layer: ManoLayer, keypoints_3d: torch.Tensor, visibility
         pose_weight: weight of |hand_pose|^2 (PCA coefficients or axis-angles).
         limit_weight: weight of the joint-limit penalty (squared radians outside the limits).
         prior: the HandPosePrior whose limits apply; None: the one of ``layer``'s model.
-        seed: seeds torch for the run (the fit is deterministic for a given seed).
 
     Returns:
         FitResult with ``keypoint_error_3d`` (B,), metres.
@@ -423,7 +425,6 @@ def fit_to_keypoints_3d(layer: ManoLayer, keypoints_3d: torch.Tensor, visibility
     keypoints_3d = _check_keypoints(keypoints_3d, 3, "keypoints_3d", "metres", device)
     visibility = _check_visibility(visibility, keypoints_3d.shape[0], device)
     keypoints_3d = _finite_where_visible(keypoints_3d, visibility, "keypoints_3d")
-    torch.manual_seed(seed)
     rotation_init, transl_init = init_from_keypoints_3d(layer, keypoints_3d, visibility)
 
     def data_term(joints):  # (B, 21, 3) -> (B,)
@@ -467,7 +468,7 @@ def fit_to_keypoints_2d(layer: ManoLayer, keypoints_2d: torch.Tensor, K: torch.T
         shape_weight, pose_weight, limit_weight, prior: the priors (see ``fit_to_keypoints_3d``).
         num_starts: starting rotations tried by the rigid initialisation.
         num_hypotheses: rigid starts per hand that are fitted in full (the cost grows with it).
-        seed: seeds the starting rotations and torch.
+        seed: seeds the random starting rotations (a generator of their own; the global state is untouched).
 
     Returns:
         FitResult with ``reprojection_error_2d`` (B,), pixels; the fitted hand is in the camera frame.
@@ -483,7 +484,6 @@ def fit_to_keypoints_2d(layer: ManoLayer, keypoints_2d: torch.Tensor, K: torch.T
     K = _check_intrinsics(K, batch, device)
     visibility = _check_visibility(visibility, batch, device)
     keypoints_2d = _finite_where_visible(keypoints_2d, visibility, "keypoints_2d")
-    torch.manual_seed(seed)
     rotations, transls = init_from_keypoints_2d(layer, keypoints_2d, K, visibility, num_starts=num_starts,
                                                 num_hypotheses=num_hypotheses, seed=seed)  # (B, H, ...)
     # Every hypothesis is a hand of its own in one batch of B * H hands, hand-major.
