@@ -7,6 +7,7 @@ import torch
 from handlib.geometry import axis_angle_to_matrix, project_points
 from handlib.mano import ManoLayer
 from handlib.mano.prior import HandPosePrior
+from handlib.runtime import torch_threads
 from handlib.mano.fit import (FitResult, fit_to_keypoints_2d, fit_to_keypoints_3d, init_from_keypoints_2d,
                               init_from_keypoints_3d)
 
@@ -16,12 +17,9 @@ K = torch.tensor([[400.0, 0.0, 112.0], [0.0, 400.0, 112.0], [0.0, 0.0, 1.0]])
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """These fits are small: one torch thread runs them fastest on a busy 2-core machine (two
-    threads that wait for each other were 20x slower here). The setting is restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    """These fits are small: one torch thread runs them fastest on a busy machine."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ Example (in a notebook):
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch
 
 from handlib.mano.io import ManoModel
 from handlib.mano.layer import ManoLayer
+from handlib.runtime import torch_threads
 from handlib.skeleton import MANO_JOINT_NAMES
 from handlib.viz.plot3d import SKIN_COLOR, hand_figure, mesh_vertices, set_hand_data
 
@@ -40,17 +40,6 @@ ROTATION_RANGE = float(np.pi)
 FINGER_JOINTS = MANO_JOINT_NAMES[1:]
 LABEL_STYLE = {"description_width": "70px"}
 NO_COLOR = -1  # the colour menu's "skin" entry (ipywidgets shows a None value as an empty menu)
-
-
-@contextlib.contextmanager
-def _one_thread():
-    """Run torch on one thread inside the block, then restore the previous setting."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _slider(description: str, bound: float, step: float, continuous_update: bool) -> widgets.FloatSlider:
@@ -147,7 +136,7 @@ class HandExplorer:
         # One hand is too little work to share between threads: on one thread the step is fastest,
         # and it does not stall when other processes keep the other cores busy (OpenMP threads
         # then wait for each other at every operation: 30x slower on a busy 2-core machine).
-        with torch.no_grad(), _one_thread():
+        with torch.no_grad(), torch_threads(1):
             return self.layer(**self.parameters())
 
     def update(self) -> float:
