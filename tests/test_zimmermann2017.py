@@ -165,6 +165,21 @@ def test_model_shapes_and_loss_gradients(lifting):
         model(fake_batch(size=128)["image"], batch["is_right"])        # the wrong image size is named
 
 
+@pytest.mark.parametrize("lifting", ["canonical", "direct"])
+def test_loss_and_prediction_stay_on_the_batch_device(lifting):
+    """Nothing is made on the CPU behind the batch's back (a GPU run would stop there): on PyTorch's
+    "meta" device, which holds shapes and no data, any tensor made elsewhere is a device mismatch."""
+    from handlib.train import to_device
+
+    meta = torch.device("meta")
+    model = zb.build_model("quick", lifting).to(meta)
+    batch = to_device(fake_batch(), meta)
+    total, _ = zb.zimmermann2017_loss(model, batch)
+    total.backward()
+    model.eval()
+    assert {value.device for value in zb.zimmermann2017_predict(model, batch).values()} == {meta}
+
+
 def test_posenet_loss_by_hand():
     # Two keypoints, both visible: root-mean-square errors 1 and 3 -> (1 + 3) / (2 + 0.001).
     target = torch.zeros(1, 2, 4, 4)
