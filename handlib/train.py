@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from handlib import metrics
+from handlib.data.synth import DEFAULT_TEST_SEED
 from handlib.files import atomic_path, load_torch, save_torch
 from handlib.runtime import PROFILES, available_cpus, get_device, get_profile, seed_everything
 
@@ -46,9 +47,9 @@ DEFAULT_CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "data" / "chec
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / "data" / "cache"
 # Checkpoints that ship with handlib (small, with their records): used when DEFAULT_CHECKPOINT_DIR has none.
 COMMITTED_CHECKPOINT_DIR = Path(__file__).resolve().parent / "assets" / "checkpoints"
-# The fixed test set has its own seed (that of ``handlib.data.synth.cached_test_set``), so it is the
-# same whatever seed a run trains with; the "test" split never repeats a "train" sample.
-TEST_SEED = 0
+# The fixed test set has its own seed, so it is the same whatever seed a run trains with; the "test"
+# split never repeats a "train" sample.
+TEST_SEED = DEFAULT_TEST_SEED
 # Training sets up to this many samples are rendered once (by every CPU core in parallel), cached
 # on disk and held in memory: rendering a sample costs more than a training step of the small
 # networks here, on a CPU and on a GPU. The full profiles' 60 000 samples of 128 px take 5.9 GB.

@@ -70,8 +70,7 @@ SPLITS = {"train": 0, "val": 1, "test": 2}
 VIEWPOINTS = {"any": "any", "palm_towards": "towards", "palm_away": "away"}
 HAND_SIDES = ("right", "left", "both")
 POSE_BLOCK = 64  # poses come from the prior in blocks of this many consecutive indices
-DEFAULT_TEST_SEED = 0
-TEST_SET_SIZE = {"quick": 256, "full": 2000}
+DEFAULT_TEST_SEED = 0  # the seed of the fixed test set every method is evaluated on
 CHUNK_SIZE = 64  # samples per cache file
 
 # A keypoint counts as visible when nothing lies more than its tolerance in front of it along its
@@ -885,27 +884,22 @@ def _fingerprint(seed: int, config: SynthConfig, chunk_size: int) -> str:
     return hashlib.blake2b(text.encode(), digest_size=5).hexdigest()
 
 
-def cached_test_set(num_samples: int | None = None, seed: int | None = None, image_size: int = 128,
+def cached_test_set(num_samples: int, seed: int = DEFAULT_TEST_SEED, image_size: int = 128,
                     cache_dir="data/cache", progress: bool = True, config: SynthConfig | None = None,
                     on_corrupt: str = "raise", render_block: int = 32, chunk_size: int = CHUNK_SIZE,
                     workers: int | None = None) -> CachedSynthDataset:
     """The fixed synthetic test set (split "test"), rendered once and cached on disk (``cached_set``).
 
     Args:
-        num_samples: number of samples; None for the profile's size (``TEST_SET_SIZE``: quick 256,
-            full 2000; ``handlib.runtime.get_profile``).
-        seed: None for ``DEFAULT_TEST_SEED`` (0).
+        num_samples: number of samples (each method's profile says how many it is evaluated on:
+            ``handlib.train.TrainingProfile.test_samples``).
+        seed: ``DEFAULT_TEST_SEED`` for the course's fixed test set.
         image_size, cache_dir, progress, config, on_corrupt, render_block, chunk_size, workers: as in
             ``cached_set``.
 
     Returns:
         ``CachedSynthDataset`` of the samples, in index order.
     """
-    from handlib.runtime import get_profile
-
-    if num_samples is None:
-        num_samples = TEST_SET_SIZE[get_profile()]
-    seed = DEFAULT_TEST_SEED if seed is None else seed
     return cached_set("test", num_samples, seed, image_size, cache_dir, progress, config, on_corrupt,
                       render_block, chunk_size, workers)
 
@@ -946,7 +940,7 @@ def cached_set(split: str, num_samples: int, seed: int = 0, image_size: int = 12
     from handlib.runtime import available_cpus
 
     if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-        raise ValueError(f"num_samples: expected a positive int (or None for the profile's default), got {num_samples!r}")
+        raise ValueError(f"num_samples: expected a positive int, got {num_samples!r}")
     _check_seed_split(seed, split)
     if on_corrupt not in ("raise", "regenerate"):
         raise ValueError(f"on_corrupt: expected 'raise' or 'regenerate', got {on_corrupt!r}")
