@@ -371,7 +371,9 @@ def device_name(device: torch.device) -> str:
     """What a device is, for records: the GPU's name, or the CPU's architecture and core count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.machine()} CPU, {available_cpus()} cores, {torch.get_num_threads()} torch threads"
+    if device.type == "cpu":
+        return f"{platform.machine()} CPU, {available_cpus()} cores, {torch.get_num_threads()} torch threads"
+    return str(device)
 
 
 def _provenance(profile: str, device: torch.device, seed: int, wall_time_s: float) -> dict:
@@ -474,7 +476,9 @@ def train(method_name: str, profile: str | None = None, device=None, seed: int =
         hyper = dataclasses.replace(hyper, **overrides)
     device = get_device(device)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True   # the input size never changes: let cuDNN pick its fastest kernels
+        # The input size never changes: let cuDNN time its kernels and keep the fastest. (A GPU run,
+        # like any cuDNN run, repeats its numbers only up to the kernels' rounding.)
+        torch.backends.cudnn.benchmark = True
     config = run_config(method_name, profile, hyper, seed)
     path = checkpoint_path(method_name, profile, checkpoint_dir)
 
