@@ -15,8 +15,9 @@ Two modes:
     ``handlib/assets/checkpoints`` ships for machines without a GPU. It goes through
     ``handlib.train.train`` (resumable: run the same command again to continue), writes to
     ``--checkpoint-dir``, and saves a checkpoint when stopped with Ctrl-C or ``kill -TERM``.
-    ``--export`` then writes the slim copy (weights, config, history, provenance, metrics) into
-    ``handlib/assets/checkpoints`` after evaluating it on the fixed test set.
+    ``--export`` then evaluates it on the fixed test set and writes the slim copy (weights, config,
+    history, provenance, those metrics) into ``handlib/assets/checkpoints``; the run's own checkpoint
+    is left as it is, so it still resumes and evaluates itself when it finishes.
 """
 from __future__ import annotations
 
@@ -82,14 +83,13 @@ def long_run(args) -> None:
         source = training.checkpoint_path(args.method, args.profile, args.checkpoint_dir)
         row = training.evaluate(args.method, checkpoint=source, device="cpu", verbose=True)
         state = training.load_torch(source)
-        state["metrics"] = row
-        training.save_torch(state, source)
-        planned = state["config"]["steps"]
+        planned, provenance = state["config"]["steps"], state["provenance"]
         note = (f"A CPU run of the {args.profile} model: {state['step']} of {planned} planned steps "
                 f"(stopped {'at the end' if state['step'] >= planned else 'early, for time'}), "
-                f"{state['provenance']['wall_time_s'] / 60:.0f} min on a shared 2-core CPU. {args.note}").strip()
+                f"{provenance['wall_time_s'] / 60:.0f} min on {provenance.get('device_name', 'a CPU')}. "
+                f"{args.note}").strip()
         destination = training.COMMITTED_CHECKPOINT_DIR / source.name
-        training.export_checkpoint(source, destination, note=note)
+        training.export_checkpoint(source, destination, note=note, metrics=row)
         print(f"wrote {destination} ({destination.stat().st_size / 1e6:.1f} MB) and its record")
         return
     signal.signal(signal.SIGTERM, _stop_on_term)
@@ -118,8 +118,7 @@ def main():
     parser.add_argument("--export", action="store_true", help="long: evaluate and ship the checkpoint")
     parser.add_argument("--note", default="", help="long --export: a sentence for the record")
     args = parser.parse_args()
-    print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} "
-          f"on {os.cpu_count()} CPUs")
+    print(f"load average {' '.join(f'{load:.2f}' for load in os.getloadavg())} on {os.cpu_count()} CPUs")
     speed(args) if args.mode == "speed" else long_run(args)
 
 

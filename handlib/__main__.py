@@ -35,12 +35,12 @@ def _convert_mano(args):
 
 def _generate(args):
     from handlib.runtime import get_profile
-    from handlib.train import TEST_SEED, get_method
+    from handlib.train import fixed_test_set, get_method
 
     spec = get_method(args.method)
     hyper = spec.profiles[get_profile(args.profile)]
     spec.make_dataset("train", hyper.train_samples, args.seed, hyper.image_size)
-    spec.make_dataset("test", hyper.test_samples, TEST_SEED, hyper.image_size)
+    fixed_test_set(spec, hyper)
 
 
 def _train(args):
@@ -56,14 +56,9 @@ def _train(args):
 
 def _export(args):
     from handlib.runtime import get_profile
-    from handlib.train import COMMITTED_CHECKPOINT_DIR, checkpoint_path, export_checkpoint, load_torch
+    from handlib.train import COMMITTED_CHECKPOINT_DIR, checkpoint_path, export_checkpoint
 
     source = checkpoint_path(args.method, get_profile(args.profile), **_checkpoint_dir(args))
-    if not source.is_file():
-        raise FileNotFoundError(f"no checkpoint {source}; train it first: python -m handlib train {args.method}")
-    if load_torch(source).get("metrics") is None:
-        raise ValueError(f"{source} has not finished training (no metrics yet); run the same train command "
-                         "again to finish it, then export")
     destination = export_checkpoint(source, COMMITTED_CHECKPOINT_DIR / source.name, note=args.note)
     print(f"wrote {destination} ({destination.stat().st_size / 1e6:.1f} MB) and its records "
           f"{destination.with_suffix('.md').name}, {destination.with_suffix('.json').name}")

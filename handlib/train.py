@@ -316,7 +316,7 @@ def find_checkpoint(method_name: str, profile: str, checkpoint_dir=DEFAULT_CHECK
                             f"--profile {profile}`")
 
 
-def export_checkpoint(source, destination, note: str = "") -> Path:
+def export_checkpoint(source, destination, note: str = "", metrics: dict | None = None) -> Path:
     """Write a slim copy of a checkpoint, for shipping: the weights, config, history, provenance and
     metrics, without the optimiser, scheduler and random states (so it loads but does not resume).
 
@@ -324,20 +324,40 @@ def export_checkpoint(source, destination, note: str = "") -> Path:
         source: a ``.pt`` written by ``train``.
         destination: the ``.pt`` to write; its ``.json`` / ``.md`` record is written beside it.
         note: a sentence for the record saying what the checkpoint is (e.g. how long it trained).
+        metrics: ``evaluate``'s row to ship with it; None = the metrics ``train`` stored when the run
+            finished (a run stopped early has none: evaluate it and pass them here).
 
     Returns:
         ``destination`` as a Path.
+
+    Raises:
+        FileNotFoundError: no ``source``. ValueError: no ``metrics`` and ``source`` has none (it has not
+            finished).
     """
     source, destination = Path(source), Path(destination)
     if not source.is_file():
         raise FileNotFoundError(f"source: checkpoint {source} does not exist; train it first")
     state = load_torch(source)
+    metrics = state.get("metrics") if metrics is None else metrics
+    if metrics is None:
+        raise ValueError(f"{source} has not finished training (no metrics yet); run the same train command "
+                         "again to finish it, then export")
     provenance = dict(state["provenance"], note=note) if note else state["provenance"]
     save_torch({"format": CHECKPOINT_FORMAT, "step": state["step"], "config": state["config"],
                 "model": state["model"], "history": state["history"], "provenance": provenance,
-                "metrics": state["metrics"]}, destination)
-    write_record(destination, state["config"], provenance, state["step"], state["history"], state["metrics"])
+                "metrics": metrics}, destination)
+    write_record(destination, state["config"], provenance, state["step"], state["history"], metrics)
     return destination
+
+
+def fixed_test_set(spec: MethodSpec, hyper: TrainingProfile, num_samples: int | None = None) -> Dataset:
+    """THE test set a method is evaluated on: ``spec.make_dataset("test", n, TEST_SEED, image_size)``.
+
+    Args:
+        spec, hyper: the method and its profile (``test_samples``, ``image_size``).
+        num_samples: None = the profile's ``test_samples``.
+    """
+    return spec.make_dataset("test", num_samples or hyper.test_samples, TEST_SEED, hyper.image_size)
 
 
 def run_config(method_name: str, profile: str, hyper: TrainingProfile, seed: int) -> dict:
@@ -457,7 +477,7 @@ def train(method_name: str, profile: str | None = None, device=None, seed: int =
             checkpoint is written; call again to resume), e.g. to fit a session with a time limit.
         progress: show a tqdm progress bar with the running losses.
         dataset: training Dataset of sample dicts; None = ``spec.make_dataset("train", ...)``.
-        test_dataset: the fixed test set; None = ``spec.make_dataset("test", ..., TEST_SEED)``.
+        test_dataset: the fixed test set; None = ``fixed_test_set(spec, profile)``.
         overrides: fields of the profile's ``TrainingProfile`` to change, e.g. ``{"steps": 20000}``
             for a longer run of the same model (recorded in the checkpoint's config).
 
@@ -550,7 +570,7 @@ def train(method_name: str, profile: str | None = None, device=None, seed: int =
     provenance = _provenance(profile, device, seed, past_time)
     if finished and run_metrics is None:
         if test_dataset is None:
-            test_dataset = spec.make_dataset("test", hyper.test_samples, TEST_SEED, hyper.image_size)
+            test_dataset = fixed_test_set(spec, hyper)
         run_metrics = evaluate_model(spec, model, test_dataset, device, batch_size=hyper.batch_size)
         _save_checkpoint(path, model, optimizer, scheduler, step, config, history, provenance, run_metrics)
     write_record(path, config, provenance, step, history, run_metrics)
@@ -642,7 +662,7 @@ def evaluate(method_name: str, checkpoint=None, profile: str | None = None, devi
         profile: "quick" or "full"; None = the checkpoint's, or ``runtime.get_profile()``.
         device: None = CUDA when available.
         checkpoint_dir: where the default checkpoint lives.
-        dataset: a Dataset of sample dicts; None = ``spec.make_dataset("test", n, TEST_SEED, ...)``.
+        dataset: a Dataset of sample dicts; None = ``fixed_test_set`` of the profile.
         num_samples: size of the default test set; None = the profile's ``test_samples``.
         batch_size: evaluation batch size.
         verbose: print the numbers as a small table.
@@ -660,7 +680,7 @@ def evaluate(method_name: str, checkpoint=None, profile: str | None = None, devi
     hyper = spec.profiles[profile]
     model = load_model(method_name, checkpoint, profile, device, checkpoint_dir)
     if dataset is None:
-        dataset = spec.make_dataset("test", num_samples or hyper.test_samples, TEST_SEED, hyper.image_size)
+        dataset = fixed_test_set(spec, hyper, num_samples)
     row = evaluate_model(spec, model, dataset, device, batch_size)
     if verbose:
         print(format_table([{"method": method_name, "profile": profile, **row}]))

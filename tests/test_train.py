@@ -202,6 +202,13 @@ def test_shipped_checkpoints_are_found_when_you_have_none(tmp_path, monkeypatch)
     assert training.find_checkpoint("tiny_test_method", "quick", empty) == shipped
     assert training.evaluate("tiny_test_method", profile="quick", device="cpu", checkpoint_dir=empty) == result.metrics
     assert not training.load_model("tiny_test_method", profile="quick", device="cpu", checkpoint_dir=empty).training
+    # A run stopped early ships only with metrics measured for it; its own checkpoint stays resumable.
+    early = run(tmp_path / "early", stop_at=10)
+    with pytest.raises(ValueError, match="has not finished"):
+        training.export_checkpoint(early.checkpoint, tmp_path / "early-shipped.pt")
+    row = training.evaluate("tiny_test_method", early.checkpoint, device="cpu")
+    shipped_early = training.export_checkpoint(early.checkpoint, tmp_path / "early-shipped.pt", metrics=row)
+    assert load_torch(shipped_early)["metrics"] == row and load_torch(early.checkpoint)["metrics"] is None
 
 
 def test_overrides_make_a_longer_run_of_the_same_profile(tmp_path):

@@ -103,6 +103,15 @@ def _mirror_left(points: torch.Tensor, is_right) -> torch.Tensor:
     return torch.where(is_right > 0.5, points, points * sign)
 
 
+def _root_relative(keypoints_3d: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(w - w_root) / s (B, 21, 3), the scale s (B,) (middle MCP-PIP bone) and the root (B, 3)."""
+    _check_joints(keypoints_3d)
+    root = keypoints_3d[:, ROOT]                                                        # (B, 3)
+    parent, child = SCALE_BONE
+    scale = (keypoints_3d[:, child] - keypoints_3d[:, parent]).norm(dim=-1)             # (B,)
+    return (keypoints_3d - root[:, None]) / scale.clamp_min(eps)[:, None, None], scale, root
+
+
 def canonical_frame(keypoints_3d: torch.Tensor, is_right=None, eps: float = 1e-8) -> CanonicalFrame:
     """Zimmermann & Brox's canonical frame of a hand (``utils/canonical_trafo.py``, course indices).
 
@@ -132,11 +141,7 @@ def canonical_frame(keypoints_3d: torch.Tensor, is_right=None, eps: float = 1e-8
         >>> frame.canonical[:, 9, [0, 2]].abs().max() < 1e-5   # the middle MCP is on the y axis
         tensor(True)
     """
-    _check_joints(keypoints_3d)
-    root = keypoints_3d[:, ROOT]                                                        # (B, 3)
-    parent, child = SCALE_BONE
-    scale = (keypoints_3d[:, child] - keypoints_3d[:, parent]).norm(dim=-1)             # (B,)
-    relative = (keypoints_3d - root[:, None]) / scale.clamp_min(eps)[:, None, None]     # (B, 21, 3)
+    relative, scale, root = _root_relative(keypoints_3d, eps)                         # (B, 21, 3), (B,), (B, 3)
     y_axis = F.normalize(relative[:, ALIGN_KEYPOINT], dim=-1, eps=eps)                  # (B, 3)
     pinky = relative[:, ROTATION_KEYPOINT]
     x_axis = F.normalize(pinky - (pinky * y_axis).sum(-1, keepdim=True) * y_axis, dim=-1, eps=eps)
@@ -180,8 +185,7 @@ def normalized_keypoints(keypoints_3d: torch.Tensor, eps: float = 1e-8) -> torch
     Returns:
         (B, 21, 3), in units of the middle MCP-PIP bone.
     """
-    frame = canonical_frame(keypoints_3d, eps=eps)
-    return from_canonical_frame(frame.canonical, frame.rotation)
+    return _root_relative(keypoints_3d, eps)[0]
 
 
 # --------------------------------------------------------------------------------------------
