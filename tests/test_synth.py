@@ -191,6 +191,16 @@ def test_bad_arguments_raise(tmp_path):
         synth.cached_test_set(num_samples=-3, cache_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="on_corrupt"):
         synth.cached_test_set(num_samples=1, cache_dir=tmp_path, progress=False, on_corrupt="ignore")
+    with pytest.raises(ValueError, match="cached_blocks"):
+        synth.SyntheticHandDataset(4, cached_blocks=0)
+    with pytest.raises(ValueError, match="render_block"):
+        synth.cached_test_set(num_samples=1, cache_dir=tmp_path, progress=False, render_block=0)
+    with pytest.raises(ValueError, match="workers"):
+        synth.cached_test_set(num_samples=1, cache_dir=tmp_path, progress=False, workers=-1)
+    with pytest.raises(ValueError, match="distance: expected a pair"):
+        synth.make_config(distance=0.5)
+    with pytest.raises(ValueError, match="jitter"):
+        synth.make_config(jitter="a")
 
 
 # --------------------------------------------------------------------------------------------------

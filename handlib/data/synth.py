@@ -149,7 +149,7 @@ class SynthConfig:
             value = getattr(self, name)
             if len(value) != 2 or not low_bound <= value[0] <= value[1]:
                 raise ValueError(f"{name}: expected (low, high) with {low_bound} <= low <= high, got {value!r}")
-        if not 0.0 <= self.jitter <= 0.5:
+        if not isinstance(self.jitter, (int, float)) or not 0.0 <= self.jitter <= 0.5:
             raise ValueError(f"jitter: expected a fraction in [0, 0.5], got {self.jitter!r}")
         if self.background not in ("procedural", "black"):
             raise ValueError(f"background: expected 'procedural' or 'black', got {self.background!r}")
@@ -173,7 +173,10 @@ def make_config(config: SynthConfig | None = None, **knobs) -> SynthConfig:
         raise ValueError(f"unknown synthetic-data knob(s) {sorted(unknown)}; expected some of {sorted(base)}")
     base.update(knobs)
     for key in ("distance", "margin"):
-        base[key] = tuple(float(v) for v in base[key])
+        try:
+            base[key] = tuple(float(v) for v in base[key])
+        except (TypeError, ValueError):
+            raise ValueError(f"{key}: expected a pair of numbers (low, high), got {base[key]!r}") from None
     return SynthConfig(**base).validate()
 
 
@@ -350,7 +353,7 @@ def _random_colors(draws: _Draws, count: int, skin_fraction: float) -> torch.Ten
 # Pictures: backgrounds, occluders, the hand's shading
 
 
-def _grid(batch: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _grid(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel-centre coordinates in [0, 1], shapes (1, 1, size, 1) and (1, 1, 1, size) (y, x)."""
     centres = (torch.arange(size, dtype=torch.float32) + 0.5) / size
     return centres.view(1, 1, size, 1), centres.view(1, 1, 1, size)
@@ -381,7 +384,7 @@ def procedural_backgrounds(draws: _Draws, grids: torch.Tensor, image_size: int) 
     skin-coloured). Each ingredient's strength is random, so some backgrounds are plain and some busy.
     """
     batch, size = grids.shape[0], max(image_size // 2, 8)
-    y, x = _grid(batch, size)
+    y, x = _grid(size)
     colors = _random_colors(draws, 2, skin_fraction=0.1)  # (B, 2, 3)
     angle = draws.uniform(1, 1, 1, high=2 * math.pi)
     t = ((x - 0.5) * torch.cos(angle).float() + (y - 0.5) * torch.sin(angle).float()).add(0.5).clamp(0, 1)  # (B, 1, S, S)
@@ -585,7 +588,7 @@ def render_batch(indices, seed: int = 0, split: str = "train", config: SynthConf
     else:
         background = torch.zeros(batch, 3, size, size)
     image = torch.where(hand_mask[:, None], hand_rgb, background)
-    y, x = _grid(batch, size)
+    y, x = _grid(size)
     k = _MAX_OCCLUDERS
     count = 1 + (draws.seek("occluders").uniform(1) * k * config.occlusion).floor()  # (B, 1) 1..3
     active = (draws.uniform(1) < config.occlusion) & (torch.arange(k) < count)  # (B, K)
@@ -715,8 +718,9 @@ class SyntheticHandDataset(torch.utils.data.Dataset):
                  hand_side: str = "right", block_size: int = 32, cached_blocks: int = 2, **knobs):
         if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
             raise ValueError(f"num_samples: expected a positive int, got {num_samples!r}")
-        if not isinstance(block_size, (int, np.integer)) or block_size < 1:
-            raise ValueError(f"block_size: expected a positive int, got {block_size!r}")
+        for name, value in (("block_size", block_size), ("cached_blocks", cached_blocks)):
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
         _check_seed_split(seed, split)
         self.num_samples, self.seed, self.split = int(num_samples), int(seed), split
         self.config = make_config(image_size=image_size, occlusion=occlusion, viewpoint=viewpoint,
@@ -783,7 +787,7 @@ def _to_chunk(batch: dict, indices, fingerprint: str) -> dict:
     return arrays
 
 
-def _check_chunk(path: Path, arrays: dict, indices, image_size: int, fingerprint: str) -> str | None:
+def _check_chunk(arrays: dict, indices, image_size: int, fingerprint: str) -> str | None:
     """None if the chunk holds what it should, else what is wrong."""
     if str(arrays.get("fingerprint", "")) != fingerprint:
         return "it was made with other settings or another hand model"
@@ -875,7 +879,10 @@ def cached_set_directory(split: str, seed: int, image_size: int, cache_dir="data
     changes the files (engine version, knobs, hand model, chunk size)."""
     _check_seed_split(seed, split)
     config = make_config(config, image_size=image_size)
-    fingerprint = _fingerprint(seed, config, chunk_size)
+    return _set_directory(cache_dir, split, seed, image_size, _fingerprint(seed, config, chunk_size))
+
+
+def _set_directory(cache_dir, split: str, seed: int, image_size: int, fingerprint: str) -> Path:
     return Path(cache_dir) / f"synth_{split}_seed{seed}_{image_size}px_{fingerprint}"
 
 
@@ -944,11 +951,14 @@ def cached_set(split: str, num_samples: int, seed: int = 0, image_size: int = 12
     _check_seed_split(seed, split)
     if on_corrupt not in ("raise", "regenerate"):
         raise ValueError(f"on_corrupt: expected 'raise' or 'regenerate', got {on_corrupt!r}")
-    if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    for name, value in (("chunk_size", chunk_size), ("render_block", render_block)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    if workers is not None and (not isinstance(workers, (int, np.integer)) or workers < 0):
+        raise ValueError(f"workers: expected None (one per CPU core) or an int >= 0, got {workers!r}")
     config = make_config(config, image_size=image_size)
     fingerprint = _fingerprint(seed, config, chunk_size)
-    directory = cached_set_directory(split, seed, image_size, cache_dir, config, chunk_size)
+    directory = _set_directory(cache_dir, split, seed, image_size, fingerprint)
     chunks = math.ceil(num_samples / chunk_size)
 
     loaded, missing = {}, []
@@ -960,7 +970,7 @@ def cached_set(split: str, num_samples: int, seed: int = 0, image_size: int = 12
             continue
         try:
             arrays = load_npz(path)
-            problem = _check_chunk(path, arrays, indices, image_size, fingerprint)
+            problem = _check_chunk(arrays, indices, image_size, fingerprint)
         except ValueError as error:
             arrays, problem = None, f"it is not a readable .npz ({error})"
         if problem is None:

@@ -149,8 +149,7 @@ def render(
     light = torch.as_tensor(light_direction, dtype=vertices.dtype, device=vertices.device)
     if light.shape not in ((3,), (batch, 3)):
         raise ValueError(f"light_direction: expected shape (3,) or ({batch}, 3), got {tuple(light.shape)}")
-    light_shared = light.ndim == 1
-    light = torch.nn.functional.normalize(light, dim=-1).expand(batch, 3)  # (B, 3) towards the light
+    light = torch.nn.functional.normalize(light, dim=-1)  # (3,) or (B, 3) towards the light
 
     fragments = rasterize(vertices, faces, K, image_size, near=near, cull_backfaces=cull_backfaces)
     height, width = fragments.image_size
@@ -165,7 +164,7 @@ def render(
     # Two-sided Lambert: turn each normal towards the camera (n . p < 0, p being the ray direction).
     normal = normal / (normal[0] ** 2 + normal[1] ** 2 + normal[2] ** 2).sqrt().clamp_min(1e-12)  # (3, N) unit
     facing = torch.where((normal * points).sum(0) > 0, -1.0, 1.0)  # (N,)
-    light = light[:1].T if light_shared else light.T.contiguous()[:, image]  # (3, 1) or (3, N)
+    light = light[:, None] if light.ndim == 1 else light.T.contiguous()[:, image]  # (3, 1) or (3, N)
     lambert = ((normal * light).sum(0) * facing).clamp_min(0)  # (N,) cos of the angle of incidence
     shaded = (color * (ambient + (1 - ambient) * lambert)).clamp(0, 1)  # (3, N)
 
