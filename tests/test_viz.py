@@ -209,6 +209,13 @@ def test_explorer_rejects_bad_input(explorer, random_mano_file):
         explorer.set(color_by="elbow")
     with pytest.raises(ValueError, match="color_by"):
         explorer.set(color_by=16)
+    # Bad input loses nothing: a call with one bad argument moves no slider.
+    before = [slider.value for slider in explorer.beta_sliders + explorer.joint_sliders]
+    for bad in (dict(betas=[2.0], color_by="nope"), dict(betas=[2.0], joint="elbow"),
+                dict(betas=[2.0], joint="index1", joint_pose=[9.0, 0.0, 0.0])):
+        with pytest.raises(ValueError):
+            explorer.set(**bad)
+        assert [slider.value for slider in explorer.beta_sliders + explorer.joint_sliders] == before
     with pytest.raises(ValueError, match="num_pca_comps"):
         HandExplorer(random_mano_file, num_pca_comps=0)
     with pytest.raises(ValueError, match="layer"):

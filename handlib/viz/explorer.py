@@ -149,7 +149,6 @@ class HandExplorer:
         out = self._forward()
         set_hand_data(self.figure, out.vertices[0].numpy(), out.joints[0].numpy())
         self.last_update_ms = 1000 * (time.perf_counter() - start)
-        self._output = out
         self.status.value = f"update: {self.last_update_ms:.1f} ms (model + figure, kernel side)"
         return self.last_update_ms
 
@@ -170,12 +169,12 @@ class HandExplorer:
     def _on_joint_choice(self, change):
         # Show the chosen joint's stored angles on the three sliders without moving the hand.
         joint = FINGER_JOINTS.index(change["new"])
-        self._hold = True
+        held, self._hold = self._hold, True
         try:
             for slider, value in zip(self.joint_sliders, self._joint_pose[joint]):
                 slider.value = float(value)
         finally:
-            self._hold = False
+            self._hold = held
 
     def _set_colors(self, joint: int):
         # The mesh always carries a per-vertex intensity, and "skin" is a one-colour scale: switching
@@ -212,40 +211,45 @@ class HandExplorer:
             Milliseconds the update took (kernel side).
 
         Raises:
-            ValueError: too many values, a value out of its slider's range, an unknown joint.
+            ValueError: too many values, a value out of its slider's range, an unknown joint or
+                colour; nothing is changed then.
         """
+        # Check everything first, so that bad input leaves the explorer as it was.
+        groups = [(self._checked_values(name, values, sliders, exact=name in ("global_orient", "joint_pose")), sliders)
+                  for name, values, sliders in [("betas", betas, self.beta_sliders), ("pca", pca, self.pca_sliders),
+                                                ("global_orient", global_orient, self.rotation_sliders),
+                                                ("joint_pose", joint_pose, self.joint_sliders)]
+                  if values is not None]
+        if joint is not None and joint not in FINGER_JOINTS:
+            raise ValueError(f"joint: expected one of {', '.join(FINGER_JOINTS)}, got {joint!r}")
+        if color_by is None:
+            color_by = NO_COLOR
+        elif isinstance(color_by, str) and color_by != "keep":
+            if color_by not in MANO_JOINT_NAMES:
+                raise ValueError(f"color_by: expected None, a joint index or one of {MANO_JOINT_NAMES}, "
+                                 f"got {color_by!r}")
+            color_by = MANO_JOINT_NAMES.index(color_by)
+        elif not (color_by == "keep" or isinstance(color_by, int) and 0 <= color_by < len(MANO_JOINT_NAMES)):
+            raise ValueError(f"color_by: expected None, a joint index 0..15 or a joint name, got {color_by!r}")
+
         self._hold = True
         try:
-            for name, values, sliders in [("betas", betas, self.beta_sliders), ("pca", pca, self.pca_sliders),
-                                          ("global_orient", global_orient, self.rotation_sliders)]:
-                if values is not None:
-                    self._set_sliders(name, values, sliders, exact=name == "global_orient")
             if joint is not None:
-                if joint not in FINGER_JOINTS:
-                    raise ValueError(f"joint: expected one of {', '.join(FINGER_JOINTS)}, got {joint!r}")
-                self.joint_dropdown.value = joint
-                self._on_joint_choice({"new": joint})
-                self._hold = True
+                self.joint_dropdown.value = joint        # shows its stored angles (_on_joint_choice)
+            for values, sliders in groups:
+                for value, slider in zip(values, sliders):
+                    slider.value = float(value)
             if joint_pose is not None:
-                self._set_sliders("joint_pose", joint_pose, self.joint_sliders, exact=True)
                 self._joint_pose[FINGER_JOINTS.index(self.joint_dropdown.value)] = [s.value for s in self.joint_sliders]
         finally:
             self._hold = False
         if color_by != "keep":
-            if color_by is None:
-                color_by = NO_COLOR
-            elif isinstance(color_by, str):
-                if color_by not in MANO_JOINT_NAMES:
-                    raise ValueError(f"color_by: expected None, a joint index or one of {MANO_JOINT_NAMES}, "
-                                     f"got {color_by!r}")
-                color_by = MANO_JOINT_NAMES.index(color_by)
-            elif not (isinstance(color_by, int) and 0 <= color_by < len(MANO_JOINT_NAMES)):
-                raise ValueError(f"color_by: expected None, a joint index 0..15 or a joint name, got {color_by!r}")
             self.color_dropdown.value = color_by
         return self.update()
 
     @staticmethod
-    def _set_sliders(name: str, values, sliders, exact: bool):
+    def _checked_values(name: str, values, sliders, exact: bool) -> np.ndarray:
+        """``values`` as floats, or a ValueError if there are too many or one is outside its slider's range."""
         values = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=float).ravel()
         if len(values) > len(sliders) or (exact and len(values) != len(sliders)):
             expected = f"{len(sliders)}" if exact else f"at most {len(sliders)}"
@@ -253,8 +257,7 @@ class HandExplorer:
         for value, slider in zip(values, sliders):
             if not slider.min <= value <= slider.max:
                 raise ValueError(f"{name}: {value:.3f} is outside the slider range [{slider.min}, {slider.max}]")
-        for value, slider in zip(values, sliders):
-            slider.value = float(value)
+        return values
 
     def reset(self) -> float:
         """All sliders back to zero (the mean shape, the rest pose, no rotation) and skin colour; one update."""
