@@ -260,6 +260,9 @@ def procrustes(points: torch.Tensor, target: torch.Tensor, scale: bool = True,
                          f"and {tuple(target.shape)}")
     if weights is None:
         weights = torch.ones(points.shape[:2], dtype=points.dtype, device=points.device)
+    elif not isinstance(weights, torch.Tensor) or weights.shape != points.shape[:2]:
+        got = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
+        raise ValueError(f"weights: expected a tensor of shape {tuple(points.shape[:2])} (B, N), got {got}")
     w = (weights / weights.sum(1, keepdim=True).clamp_min(1e-12))[..., None]  # (B, N, 1), sums to 1
     mu_p, mu_q = (w * points).sum(1, keepdim=True), (w * target).sum(1, keepdim=True)  # (B, 1, 3)
     p, q = points - mu_p, target - mu_q

@@ -16,6 +16,8 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import numpy as np
+
 # The globals a pickled numpy array, dtype or numpy scalar refers to. numpy 1.x writes
 # ``numpy.core.*``; numpy 2.x writes ``numpy._core.*``; both name the same functions.
 NUMPY_ARRAY_GLOBALS: dict[str, frozenset[str]] = {
@@ -28,6 +30,8 @@ NUMPY_ARRAY_GLOBALS: dict[str, frozenset[str]] = {
     # Python 3 pickles of bytes at protocol <= 2 call _codecs.encode(text, "latin1")
     "_codecs": frozenset({"encode"}),
 }
+# The installed numpy's spelling: a pickle written under the other one is read under this one.
+_NUMPY_CORE = "numpy._core" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core"
 
 
 class UnsafePickleError(pickle.UnpicklingError, ValueError):
@@ -49,9 +53,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 f"{self._source}: refusing to load the global '{module}.{name}'; this file may only "
                 f"contain {', '.join(sorted(self._allowed))} objects. It is either corrupt or not the "
                 "file you meant; a pickle can run any code, so it is never loaded unrestricted.")
-        if module.startswith("numpy.core"):
-            # numpy 2 renamed numpy.core to numpy._core; the old name warns on access.
-            module = "numpy._core" + module[len("numpy.core"):]
+        for spelling in ("numpy.core", "numpy._core"):
+            # numpy 2 renamed numpy.core to numpy._core (the old name warns); numpy 1 has only the old one.
+            if module.startswith(spelling + "."):
+                module = _NUMPY_CORE + module[len(spelling):]
+                break
         return super().find_class(module, name)
 
 

@@ -87,6 +87,8 @@ def test_procrustes_recovers_a_similarity():
     weights = torch.ones(3, 21)
     weights[:, 0] = 0
     assert torch.allclose(procrustes(points, corrupted, weights=weights)[1], R, atol=1e-5)
+    with pytest.raises(ValueError, match=r"weights: expected a tensor of shape \(3, 21\)"):
+        procrustes(points, target, weights=weights[0])
 
 
 @pytest.mark.parametrize("function,bad", [

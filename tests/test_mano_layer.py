@@ -8,7 +8,7 @@ import torch
 
 from handlib.geometry import axis_angle_to_matrix
 from handlib.mano import ManoLayer, load_mano
-from handlib.mano.layer import kinematic_chain, pose_feature, regress_joints, shape_blend, skin
+from handlib.mano.layer import kinematic_chain, lbs, pose_feature, regress_joints, shape_blend, skin
 from handlib.skeleton import MANO_PARENTS
 
 
@@ -61,6 +61,20 @@ def test_pure_functions_known_values():
                           torch.ones(1, 1, 3))
     # The pose feature is zero at rest.
     assert pose_feature(torch.eye(3).expand(1, 16, 3, 3)).abs().max() == 0
+
+
+def test_the_pure_forward_pass_is_the_layer(random_mano_file):
+    # lbs() chains the step-by-step functions; ManoLayer fuses steps 1 and 4 for speed: same hand.
+    layer = ManoLayer(random_mano_file)
+    model = load_mano(random_mano_file)
+    generator = torch.Generator().manual_seed(3)
+    betas, full_pose = torch.randn(2, 10, generator=generator), 0.4 * torch.randn(2, 48, generator=generator)
+    vertices, _, joint_position = lbs(betas, full_pose, *[torch.as_tensor(getattr(model, name), dtype=torch.float32)
+                                      for name in ("v_template", "shapedirs", "posedirs", "J_regressor")],
+                                      model.parents.tolist(), torch.as_tensor(model.weights, dtype=torch.float32))
+    out = layer(hand_pose=full_pose[:, 3:], betas=betas, global_orient=full_pose[:, :3])
+    assert torch.allclose(out.vertices, vertices, atol=1e-6)
+    assert torch.allclose(out.mano_joints, joint_position, atol=1e-6)
 
 
 def test_batch_one_and_many_agree(random_mano_file):

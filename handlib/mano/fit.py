@@ -438,7 +438,7 @@ def fit_to_keypoints_3d(layer: ManoLayer, keypoints_3d: torch.Tensor, visibility
     with torch.no_grad():
         output = layer(hand_pose=hand_pose, betas=betas, global_orient=global_orient, transl=transl)
     return FitResult(hand_pose=hand_pose, betas=betas, global_orient=global_orient, transl=transl, output=output,
-                     loss_history=history.mean(1).numpy().astype(np.float64),
+                     loss_history=history.mean(1).cpu().numpy().astype(np.float64),
                      keypoint_error_3d=_mean_distance(output.joints, keypoints_3d, visibility))
 
 
@@ -506,5 +506,5 @@ def fit_to_keypoints_2d(layer: ManoLayer, keypoints_2d: torch.Tensor, K: torch.T
     with torch.no_grad():
         output = layer(hand_pose=hand_pose, betas=betas, global_orient=global_orient, transl=transl)
     return FitResult(hand_pose=hand_pose, betas=betas, global_orient=global_orient, transl=transl, output=output,
-                     loss_history=history[:, pick].mean(1).numpy().astype(np.float64),
+                     loss_history=history[:, pick].mean(1).cpu().numpy().astype(np.float64),
                      reprojection_error_2d=_mean_distance(project_points(output.joints, K), keypoints_2d, visibility))

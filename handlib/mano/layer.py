@@ -215,7 +215,9 @@ def lbs(betas, full_pose, v_template, shapedirs, posedirs, J_regressor, parents,
 
 
 class ManoLayer(nn.Module):
-    """MANO as an ``nn.Module``: it holds the model's arrays as buffers and calls the functions above.
+    """MANO as an ``nn.Module``: it holds the model's arrays as buffers and runs ``lbs``'s steps, with
+    the shape and pose blend shapes (steps 1 and 4) fused into one product for speed (a test checks
+    that the two agree).
 
     Args:
         model: a ManoModel, a path to a MANO-format file, or None for ``default_model_path()``.

@@ -106,11 +106,6 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
 
-def _rotate(v: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
-    axis = _unit(axis)
-    return v * math.cos(angle) + np.cross(axis, v) * math.sin(angle) + axis * (axis @ v) * (1 - math.cos(angle))
-
-
 def anatomical_frames(rest_joints, tips=None, is_right: bool = True) -> np.ndarray:
     """Each joint's anatomical axes, from the rest joints of a MANO-format model.
 
@@ -373,26 +368,12 @@ class HandPosePrior:
 
 
 @lru_cache(maxsize=1)
-def _default_prior() -> HandPosePrior:
-    return HandPosePrior.from_model()
-
-
 def default_prior() -> HandPosePrior:
     """The prior of the default hand model (``handlib.mano.default_model_path()``), built once."""
-    return _default_prior()
+    return HandPosePrior.from_model()
 
 
 def sample_poses(n: int, generator=None, kind: str = "mixture", prior: HandPosePrior | None = None) -> torch.Tensor:
     """``HandPosePrior.sample_poses`` of ``prior`` (default: the default model's). (n, 45) radians."""
     return (prior or default_prior()).sample_poses(n, generator, kind)
 
-
-def sample_global_orientations(n: int, generator=None, palm: str = "any",
-                               prior: HandPosePrior | None = None) -> torch.Tensor:
-    """``HandPosePrior.sample_global_orientations`` of ``prior`` (default: the default model's). (n, 3)."""
-    return (prior or default_prior()).sample_global_orientations(n, generator, palm)
-
-
-def limit_violation(pose: torch.Tensor, prior: HandPosePrior | None = None) -> torch.Tensor:
-    """``HandPosePrior.limit_violation`` of ``prior`` (default: the default model's). (B, 45) -> (B,)."""
-    return (prior or default_prior()).limit_violation(pose)
