@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import statistics
 import time
 from pathlib import Path
@@ -39,11 +40,11 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     path = args.model or default_model_path()
-    load = open("/proc/loadavg").read().split()[0] if Path("/proc/loadavg").exists() else "?"
-    print(f"model: {path}  torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load}\n")
+    print(f"model: {path}  torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"load average {os.getloadavg()[0]:.2f}\n")
     print(f"{'batch':>6} {'pass':>10} {'handlib ms':>11} {'smplx ms':>9} {'smplx/handlib':>14}")
+    ours = ManoLayer(path, num_pca_comps=None, flat_hand_mean=False)
     for batch in (1, 64, 1024):
-        ours = ManoLayer(path, num_pca_comps=None, flat_hand_mean=False)
         with contextlib.redirect_stdout(io.StringIO()):
             theirs = smplx.MANO(str(path.parent), is_rhand=True, use_pca=False, flat_hand_mean=False,
                                 batch_size=batch)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from handlib.skeleton import BONES
-from handlib.viz.plot2d import bone_colors, draw_keypoints_2d, image_to_numpy
+from handlib.skeleton import BONES, NUM_KEYPOINTS
+from handlib.viz.plot2d import as_numpy, bone_colors, draw_keypoints_2d, image_to_numpy
 
 
 def move_along_ray(keypoints_3d: torch.Tensor, joint: int, depth_change: float) -> torch.Tensor:
@@ -44,7 +44,7 @@ def draw_skeleton_top_view(ax, keypoints_3d, *, alpha: float = 1.0, linestyle: s
     Args:
         ax: matplotlib Axes. keypoints_3d: (21, 3) metres, camera frame.
     """
-    points = np.asarray(keypoints_3d, dtype=np.float64) * 1000.0
+    points = as_numpy(keypoints_3d, "keypoints_3d", (NUM_KEYPOINTS, 3)).astype(np.float64) * 1000.0
     for (parent, child), color in zip(BONES, bone_colors()):
         ax.plot(points[[parent, child], 0], points[[parent, child], 2], color=color, alpha=alpha, linestyle=linestyle)
     ax.plot([], [], color="grey", linestyle=linestyle, label=label)
@@ -154,8 +154,7 @@ def load_real_examples(realdata: Path, size: int = 128) -> list[tuple[str, str, 
         paths = [realdata / f for f in files]
         if not all(p.is_file() for p in paths):
             continue
-        cls = getattr(datasets, loader)
-        data = cls(*paths, image_dir=paths[0].parent) if loader == "InterHand26M" else cls(paths[0])
+        data = getattr(datasets, loader)(*paths, image_dir=paths[0].parent)   # images beside the annotations
         examples.append((name, licence, datasets.crop_to_hand(data[0], size=size)))
     return examples
 

@@ -81,10 +81,10 @@ def draw_keypoints_2d(ax, keypoints, visibility=None, *, linewidth: float = 2.0,
     keypoints = as_numpy(keypoints, "keypoints", (NUM_KEYPOINTS, 2))
     visible = _visibility(visibility, NUM_KEYPOINTS)
     colors = [color] * NUM_KEYPOINTS if color is not None else keypoint_colors()
-    for (parent, child), bone_color in zip(BONES, [colors[c] for _, c in BONES]):
+    for parent, child in BONES:                     # a bone takes the colour of its child keypoint
         both = visible[parent] and visible[child]
         if both or show_hidden:
-            ax.plot(keypoints[[parent, child], 0], keypoints[[parent, child], 1], color=bone_color,
+            ax.plot(keypoints[[parent, child], 0], keypoints[[parent, child], 1], color=colors[child],
                     linewidth=linewidth, alpha=alpha, linestyle="-" if both else "--", solid_capstyle="round")
     for i in range(NUM_KEYPOINTS):
         if visible[i] or show_hidden:
