@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from handlib.geometry import procrustes_align
+from handlib.geometry import procrustes
 from handlib.skeleton import NUM_KEYPOINTS, SCALE_BONE, WRIST
 
 ALIGNMENTS = ("none", "root", "root_scale", "gt_root_scale", "procrustes")
@@ -126,8 +126,9 @@ def align_root_scale(pred, target, root: int = WRIST, pred_is_normalized: bool =
 def align_procrustes(pred, target, visibility=None) -> torch.Tensor:
     """Per-sample similarity (Procrustes with scale) alignment, estimated on the visible keypoints.
 
-    Uses ``geometry.procrustes_align``. A sample with fewer than 3 visible keypoints cannot fix a
-    rotation; it is only translated so that the centroids of its visible keypoints coincide.
+    Uses ``geometry.procrustes`` with the visibility as weights, so the transform is fitted to the
+    visible keypoints and applied to all of them. A sample with fewer than 3 visible keypoints cannot
+    fix a rotation; it is only translated so that the centroids of its visible keypoints coincide.
 
     Args:
         pred, target: (N, K, 3).
@@ -138,17 +139,14 @@ def align_procrustes(pred, target, visibility=None) -> torch.Tensor:
     """
     pred, target = _check_pair(pred, target, 3)
     visible = _check_visibility(visibility, pred.shape)
-    aligned = pred.clone()
-    full = visible.all(dim=1)
-    if full.any():
-        aligned[full] = procrustes_align(pred[full], target[full], scale=True)
-    for n in torch.nonzero(~full).flatten().tolist():
-        keep = visible[n]
-        if keep.sum() >= 3:
-            aligned[n, keep] = procrustes_align(pred[n, keep][None], target[n, keep][None], scale=True)[0]
-        elif keep.any():
-            aligned[n] = pred[n] - pred[n, keep].mean(0) + target[n, keep].mean(0)
-    return aligned
+    weights = visible.to(pred.dtype)
+    s, rotation, translation = procrustes(pred, target, scale=True, weights=weights)
+    aligned = s[:, None, None] * pred @ rotation.transpose(1, 2) + translation[:, None]
+    # Fewer than 3 visible keypoints: move the centroid of the visible ones only (none: leave as is).
+    count = weights.sum(1)[:, None, None]  # (N, 1, 1)
+    w = weights[..., None] / count.clamp_min(1)  # (N, K, 1)
+    shifted = pred + (w * (target - pred)).sum(1, keepdim=True)
+    return torch.where(count >= 3, aligned, shifted)
 
 
 def align(pred, target, alignment: str, visibility=None) -> torch.Tensor:

@@ -100,6 +100,16 @@ def test_procrustes_removes_a_similarity_transform_and_ignores_invisible_points(
     aligned = metrics.align_procrustes(pred, target, visibility)
     keep = visibility.bool()
     assert torch.allclose(aligned[keep], target[keep], atol=1e-9)
+    # The hidden keypoint moves with its sample (by the same transform), keeping its corruption.
+    transform = 1 / 0.7 * rotation                                       # undoes pred's similarity
+    moved = (pred[1, 3] - torch.tensor([0.05, 0.0, -0.1], dtype=torch.float64)) @ transform
+    assert torch.allclose(aligned[1, 3], moved, atol=1e-9)
+    # Fewer than 3 visible keypoints: only the centroids of the visible ones are matched; none: unchanged.
+    visibility[0], visibility[2] = 0, 0
+    visibility[0, :2] = 1
+    aligned = metrics.align_procrustes(pred, target, visibility)
+    shift = (target[0, :2] - pred[0, :2]).mean(0)
+    assert torch.allclose(aligned[0], pred[0] + shift) and torch.equal(aligned[2], pred[2])
 
 
 def test_alignment_cannot_make_errors_larger_than_a_looser_one():

@@ -247,6 +247,26 @@ def test_place_in_front_centres_the_mesh():
     assert torch.allclose(centre, torch.tensor([[0.0, 0.0, 0.45]]), atol=1e-6)
 
 
+def test_pixels_in_image_is_the_rendered_area():
+    # The pixel grid's one convention: a W x H image covers [0, W) x [0, H), pixel i's centre at i + 0.5.
+    from handlib.render.camera import check_image_size, pixels_in_image
+
+    points = torch.tensor([[0.0, 0.0], [63.99, 31.99], [64.0, 1.0], [1.0, 32.0], [-0.01, 5.0], [float("nan"), 5.0]])
+    assert pixels_in_image(points, (32, 64)).tolist() == [True, True, False, False, False, False]
+    # A point projected into a pixel of the rendered mask is "in the image" (rendering a tiny
+    # triangle around it covers that pixel).
+    K = torch.tensor([[100.0, 0, 8], [0, 100.0, 8], [0, 0, 1]])
+    triangle = torch.tensor([[[-0.026, -0.026, 1.0], [-0.014, -0.026, 1.0], [-0.026, -0.014, 1.0]]])
+    mask = rasterize(triangle, torch.tensor([[0, 1, 2]]), K, 16).mask[0]
+    assert mask.nonzero().tolist() == [[5, 5]]                     # row 5, column 5: u, v in [5, 6)
+    centre = project_points(triangle.mean(1, keepdim=True), K)[0, 0]
+    assert pixels_in_image(centre, 16) and centre.floor().tolist() == [5.0, 5.0]
+    with pytest.raises(ValueError, match="heatmap_size"):
+        check_image_size((16, 0), "heatmap_size")
+    with pytest.raises(ValueError, match="points"):
+        pixels_in_image(torch.zeros(3), 16)
+
+
 # ------------------------------------------------------------------------------------------------
 # The soft silhouette
 # ------------------------------------------------------------------------------------------------

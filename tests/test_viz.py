@@ -120,7 +120,12 @@ def test_show_image_with_keypoints_accepts_handlib_images():
     image = torch.rand(3, 32, 48)
     ax = show_image_with_keypoints(image, np.full((21, 2), 10.0), title="t", prediction=np.full((21, 2), 12.0))
     assert ax.images[0].get_array().shape == (32, 48, 3) and ax.get_title() == "t"
-    assert ax.get_xlim() == (-0.5, 47.5)
+    # handlib's pixel convention: pixel i covers [i, i + 1), so the 48 x 32 image spans (0, 48) x (32, 0),
+    # also after keypoints outside it are drawn.
+    assert ax.get_xlim() == (0, 48) and ax.get_ylim() == (32, 0)
+    assert tuple(ax.images[0].get_extent()) == (0, 48, 32, 0)
+    ax = show_image_with_keypoints(image, np.full((21, 2), 100.0))
+    assert ax.get_xlim() == (0, 48)
     with pytest.raises(ValueError, match="image"):
         show_image_with_keypoints(torch.rand(5, 32, 32))
     plt.close("all")

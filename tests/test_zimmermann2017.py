@@ -23,18 +23,36 @@ def random_hands(count=4, seed=0):
 # ---------------------------------------------------------------- score maps
 
 def test_heatmap_coordinates_round_trip_and_pixel_centres():
-    pixels = torch.tensor([[1.5, 1.5], [-0.5, -0.5], [127.5, 63.5]])
+    pixels = torch.tensor([[2.0, 2.0], [0.0, 0.0], [128.0, 64.0], [10.5, 10.5]])
     cells = image_to_heatmap_coords(pixels, 128, 32)
-    # A 4x4 block of pixels (0..3) has its centre at 1.5, the centre of cell 0; the image corner -0.5
-    # is the corner of cell 0, -0.5.
-    assert cells[0].tolist() == [0.0, 0.0] and cells[1].tolist() == [-0.5, -0.5]
+    # The renderer's convention: pixels 0..3 cover [0, 4), whose centre 2.0 is the centre of cell 0;
+    # the image corner 0 is the corner of cell 0, -0.5, and the far edge 128 that of cell 31, 31.5.
+    assert cells[:3].tolist() == [[0.0, 0.0], [-0.5, -0.5], [31.5, 15.5]]
     assert torch.allclose(heatmap_to_image_coords(cells, 128, 32), pixels)
+    # A keypoint rendered at the centre of pixel (10, 10) lies in cell (2, 2), a 1/8 cell left of its centre.
+    assert cells[3].tolist() == [2.125, 2.125]
+
+
+def test_heatmap_peaks_where_the_renderer_draws_the_keypoint():
+    # A keypoint at the centre of a rendered pixel peaks in the cell that contains the pixel, and
+    # the argmax over maps upsampled to the image reads back exactly that pixel's centre.
+    import torch.nn.functional as F
+
+    keypoints = torch.tensor([[[10.5, 20.5], [33.5, 5.5]]])
+    maps = gaussian_heatmaps(keypoints, 64, 64, sigma=2.0)
+    assert torch.equal(heatmap_argmax(maps, 64), keypoints)
+    coarse = gaussian_heatmaps(keypoints, 64, 16, sigma=6.0)
+    peaks = coarse.flatten(2).argmax(-1)
+    assert torch.equal(torch.stack([peaks % 16, peaks // 16], -1), (keypoints // 4).long())
+    upsampled = F.interpolate(gaussian_heatmaps(keypoints, 64, 16, sigma=6.0), size=64, mode="bilinear",
+                              align_corners=False)
+    assert (heatmap_argmax(upsampled, 64) - keypoints).abs().max() <= 1.0
 
 
 def test_gaussian_heatmap_known_values():
-    # Keypoint at pixel (63.5, 63.5): 2 px from the centres of the 4 cells (15, 15)..(16, 16), whose
-    # centres are the pixels 61.5 and 65.5. Value there: exp(-(2^2 + 2^2) / (2 * 4^2)) = exp(-1/4).
-    maps = gaussian_heatmaps(torch.tensor([[[63.5, 63.5]]]), 128, 32, sigma=4.0)
+    # Keypoint at (64, 64), the image centre: 2 px from the centres of the 4 cells (15, 15)..(16, 16),
+    # which are at 62 and 66. Value there: exp(-(2^2 + 2^2) / (2 * 4^2)) = exp(-1/4).
+    maps = gaussian_heatmaps(torch.tensor([[[64.0, 64.0]]]), 128, 32, sigma=4.0)
     assert maps.shape == (1, 1, 32, 32)
     assert maps[0, 0, 15:17, 15:17] == pytest.approx(torch.full((2, 2), math.exp(-0.25)))
     assert maps.max() == pytest.approx(math.exp(-0.25))
@@ -43,15 +61,15 @@ def test_gaussian_heatmap_known_values():
 
 
 def test_heatmaps_are_zero_for_invisible_out_of_image_and_nan_keypoints():
-    keypoints = torch.tensor([[[10.0, 10.0], [20.0, 20.0], [130.0, 5.0], [float("nan"), 3.0]]])
-    maps = gaussian_heatmaps(keypoints, (128, 128), (32, 32), sigma=4.0, visibility=torch.tensor([[1, 0, 1, 1]]))
+    keypoints = torch.tensor([[[10.0, 10.0], [20.0, 20.0], [128.0, 5.0], [float("nan"), 3.0], [5.0, -0.1]]])
+    maps = gaussian_heatmaps(keypoints, (128, 128), (32, 32), sigma=4.0, visibility=torch.tensor([[1, 0, 1, 1, 1]]))
     assert maps[0, 0].max() > 0.5
     assert maps[0, 1:].abs().max() == 0.0
 
 
 def test_argmax_and_soft_argmax_read_back_the_keypoint():
     # Keypoints on cell centres are read back exactly by the argmax.
-    keypoints = torch.tensor([[[1.5, 9.5], [61.5, 33.5], [125.5, 125.5]]])
+    keypoints = torch.tensor([[[2.0, 10.0], [62.0, 34.0], [126.0, 126.0]]])
     maps = gaussian_heatmaps(keypoints, 128, 32, sigma=6.0)
     assert torch.equal(heatmap_argmax(maps, 128), keypoints)
     # Soft-argmax reads a map as logits: on log-Gaussian maps it is exact, also between cells.

@@ -6,23 +6,17 @@ target is a Gaussian around the true location p_k::
 
     c_k(p) = exp(-|p - p_k|^2 / (2 sigma^2))             (zero for invisible keypoints)
 
-Maps are usually smaller than the image (e.g. 32 x 32 for a 128 x 128 input). Pixel coordinates
-follow the usual convention that the centre of pixel (column i, row j) has coordinates (i, j), so
-the image covers [-0.5, W - 0.5] x [-0.5, H - 0.5], and a heatmap cell x covers the image pixels
-u with x = (u + 0.5) * w / W - 0.5.
+Maps are usually smaller than the image (e.g. 32 x 32 for a 128 x 128 input). Pixels follow
+handlib's one convention (``handlib.render.camera``): pixel column i covers u in [i, i + 1), its
+centre is at i + 0.5, and a W-pixel image covers [0, W). A map of w cells covers the same width, so
+cell x covers u in [x W / w, (x + 1) W / w): in cell units, x = u w / W - 0.5 (cell centres at
+integer x, which is where the argmax reads).
 """
 from __future__ import annotations
 
 import torch
 
-
-def _size(size, name: str) -> tuple[int, int]:
-    if isinstance(size, int):
-        size = (size, size)
-    size = tuple(int(s) for s in size)
-    if len(size) != 2 or min(size) <= 0:
-        raise ValueError(f"{name}: expected (height, width) of positive ints or one int, got {size!r}")
-    return size
+from handlib.render.camera import check_image_size, pixels_in_image
 
 
 def _check_keypoints(keypoints_2d: torch.Tensor) -> None:
@@ -39,15 +33,15 @@ def image_to_heatmap_coords(pixels: torch.Tensor, image_size, heatmap_size) -> t
         heatmap_size: (h, w) of the heatmap, or one int.
 
     Returns:
-        (..., 2) heatmap coordinates; x = (u + 0.5) w / W - 0.5, likewise for y.
+        (..., 2) heatmap coordinates, cell centres at integers: x = u w / W - 0.5, likewise for y.
     """
-    (height, width), (h, w) = _size(image_size, "image_size"), _size(heatmap_size, "heatmap_size")
+    (height, width), (h, w) = check_image_size(image_size), check_image_size(heatmap_size, "heatmap_size")
     factor = pixels.new_tensor([w / width, h / height])
-    return (pixels + 0.5) * factor - 0.5
+    return pixels * factor - 0.5
 
 
 def heatmap_to_image_coords(cells: torch.Tensor, image_size, heatmap_size) -> torch.Tensor:
-    """Inverse of ``image_to_heatmap_coords``: u = (x + 0.5) W / w - 0.5.
+    """Inverse of ``image_to_heatmap_coords``: u = (x + 0.5) W / w.
 
     Args:
         cells: (..., 2) heatmap coordinates (x, y).
@@ -56,25 +50,9 @@ def heatmap_to_image_coords(cells: torch.Tensor, image_size, heatmap_size) -> to
     Returns:
         (..., 2) image pixels.
     """
-    (height, width), (h, w) = _size(image_size, "image_size"), _size(heatmap_size, "heatmap_size")
+    (height, width), (h, w) = check_image_size(image_size), check_image_size(heatmap_size, "heatmap_size")
     factor = cells.new_tensor([width / w, height / h])
-    return (cells + 0.5) * factor - 0.5
-
-
-def keypoints_in_image(keypoints_2d: torch.Tensor, image_size) -> torch.Tensor:
-    """True for finite keypoints that fall inside the image area [-0.5, W - 0.5] x [-0.5, H - 0.5].
-
-    Args:
-        keypoints_2d: (B, K, 2) pixels.
-        image_size: (H, W) or one int.
-
-    Returns:
-        bool tensor (B, K).
-    """
-    _check_keypoints(keypoints_2d)
-    height, width = _size(image_size, "image_size")
-    u, v = keypoints_2d[..., 0], keypoints_2d[..., 1]
-    return torch.isfinite(keypoints_2d).all(-1) & (u >= -0.5) & (u <= width - 0.5) & (v >= -0.5) & (v <= height - 0.5)
+    return (cells + 0.5) * factor
 
 
 def gaussian_heatmaps(keypoints_2d: torch.Tensor, image_size, heatmap_size, sigma: float,
@@ -94,16 +72,16 @@ def gaussian_heatmaps(keypoints_2d: torch.Tensor, image_size, heatmap_size, sigm
         (B, K, h, w) float tensor in [0, 1], on the device of ``keypoints_2d``.
 
     Example:
-        >>> maps = gaussian_heatmaps(torch.tensor([[[63.5, 63.5]]]), 128, 32, sigma=4.0)
-        >>> maps.shape, round(float(maps.max()), 3)   # 63.5 is 2 px from 4 cell centres: exp(-8/32)
+        >>> maps = gaussian_heatmaps(torch.tensor([[[64.0, 64.0]]]), 128, 32, sigma=4.0)
+        >>> maps.shape, round(float(maps.max()), 3)   # 64 is 2 px from 4 cell centres: exp(-8/32)
         (torch.Size([1, 1, 32, 32]), 0.779)
     """
     _check_keypoints(keypoints_2d)
     if not sigma > 0:
         raise ValueError(f"sigma: expected a positive number of pixels, got {sigma!r}")
-    (height, width), (h, w) = _size(image_size, "image_size"), _size(heatmap_size, "heatmap_size")
+    (height, width), (h, w) = check_image_size(image_size), check_image_size(heatmap_size, "heatmap_size")
     keypoints_2d = keypoints_2d.float()
-    valid = keypoints_in_image(keypoints_2d, (height, width))
+    valid = pixels_in_image(keypoints_2d, (height, width))
     if visibility is not None:
         if tuple(visibility.shape) != tuple(keypoints_2d.shape[:2]):
             raise ValueError(f"visibility: expected shape {tuple(keypoints_2d.shape[:2])} (B, K), "

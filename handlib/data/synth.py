@@ -64,6 +64,7 @@ import torch.nn.functional as F
 from handlib.data.sample import SAMPLE_KEYS
 from handlib.geometry import project_points
 from handlib.render import crop_intrinsics, interpolate_covered, make_intrinsics, rasterize, vertex_normals
+from handlib.render.camera import pixels_in_image
 
 ENGINE_VERSION = 1  # bump when the same (seed, split, index) would render differently: caches use it
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -604,7 +605,7 @@ def render_batch(indices, seed: int = 0, split: str = "train", config: SynthConf
 
     # Where each keypoint falls, and the hand surface there (0 where the pixel is off the hand).
     column, row = keypoints_2d.unbind(-1)
-    inside = (column >= 0) & (column < size) & (row >= 0) & (row < size)  # (B, 21)
+    inside = pixels_in_image(keypoints_2d, size)  # (B, 21)
     pixel = (row.floor().clamp(0, size - 1) * size + column.floor().clamp(0, size - 1)).long()  # (B, 21)
     surface = hand_depth.flatten(1).gather(1, pixel)  # (B, 21)
     z = joints[..., 2]

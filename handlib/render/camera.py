@@ -1,15 +1,52 @@
-"""The pinhole camera: intrinsics, crops as new intrinsics, and placing a mesh in front of the camera.
+"""The pinhole camera and the pixel grid: intrinsics, crops as new intrinsics, placing a mesh in front.
 
-Conventions (the same as ``handlib.geometry.project_points``):
+Conventions, the one pixel convention of handlib (renderer, score maps, crops, plots):
     * Camera frame as OpenCV: x right, y down, z forward, metres.
-    * A point (X, Y, Z) projects to u = fx X / Z + cx, v = fy Y / Z + cy, in pixels.
-    * Pixel column i covers u in [i, i + 1); its centre is at u = i + 0.5. So the image centre of
-      a W-pixel-wide image is at cx = W / 2, and a point projecting to u = 10.5 lies at the centre
-      of column 10.
+    * A point (X, Y, Z) projects to u = fx X / Z + cx, v = fy Y / Z + cy, in pixels
+      (``handlib.geometry.project_points``).
+    * Pixel column i covers u in [i, i + 1); its centre is at u = i + 0.5. So a W x H image covers
+      [0, W) x [0, H), its centre is at cx = W / 2, and a point projecting to u = 10.5 lies at the
+      centre of column 10. (matplotlib's ``imshow`` puts pixel centres at integers unless given
+      ``extent=(0, W, H, 0)``, which ``handlib.viz.plot2d`` does.)
 """
 from __future__ import annotations
 
 import torch
+
+
+def check_image_size(image_size, name: str = "image_size") -> tuple[int, int]:
+    """``image_size`` as (H, W): an int n means (n, n). Raises ValueError (naming ``name``) otherwise."""
+    size = (image_size, image_size) if isinstance(image_size, int) else image_size
+    try:
+        height, width = (int(s) for s in size)
+        ok = all(int(s) == s for s in size) and height > 0 and width > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name}: expected a positive int or (H, W), got {image_size!r}")
+    return height, width
+
+
+def pixels_in_image(points: torch.Tensor, image_size) -> torch.Tensor:
+    """True for the finite points that fall on the image: 0 <= u < W and 0 <= v < H.
+
+    Args:
+        points: (..., 2) pixels (u right, v down).
+        image_size: (H, W) or one int.
+
+    Returns:
+        bool tensor (...).
+
+    Example:
+        >>> pixels_in_image(torch.tensor([[0.0, 0.0], [63.9, 10.0], [64.0, 10.0], [float("nan"), 1.0]]), 64)
+        tensor([ True,  True, False, False])
+    """
+    if not isinstance(points, torch.Tensor) or points.ndim < 1 or points.shape[-1] != 2:
+        got = tuple(points.shape) if isinstance(points, torch.Tensor) else type(points).__name__
+        raise ValueError(f"points: expected a tensor of shape (..., 2) in pixels, got {got}")
+    height, width = check_image_size(image_size)
+    u, v = points[..., 0], points[..., 1]
+    return (u >= 0) & (u < width) & (v >= 0) & (v < height)  # NaN compares False
 
 
 def make_intrinsics(focal, cx, cy, focal_y=None, dtype=torch.float32, device=None) -> torch.Tensor:

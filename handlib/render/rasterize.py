@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from handlib.geometry import project_points
+from handlib.render.camera import check_image_size
 
 DEFAULT_NEAR = 0.01  # metres: triangles with a vertex nearer than this (or behind the camera) are dropped
 _MIN_DOUBLE_AREA = 1e-12  # pixels^2: triangles with a smaller (twice) area are degenerate and dropped
@@ -79,20 +80,6 @@ class Fragments:
 # ------------------------------------------------------------------------------------------------
 # Input checks shared by the rasterizer, the shader and the soft silhouette
 # ------------------------------------------------------------------------------------------------
-
-
-def check_image_size(image_size) -> tuple[int, int]:
-    """``image_size`` as (H, W): an int n means (n, n). Raises ValueError otherwise."""
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
-    try:
-        height, width = (int(s) for s in image_size)
-        ok = all(int(s) == s for s in image_size) and height > 0 and width > 0
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"image_size: expected a positive int or (H, W), got {image_size!r}")
-    return height, width
 
 
 def check_mesh(vertices: torch.Tensor, faces: torch.Tensor, K: torch.Tensor):

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from handlib.skeleton import BONES, NUM_KEYPOINTS
-from handlib.viz.plot2d import as_numpy, bone_colors, draw_keypoints_2d, image_to_numpy
+from handlib.viz.plot2d import as_numpy, bone_colors, draw_keypoints_2d, show_image
 
 
 def move_along_ray(keypoints_3d: torch.Tensor, joint: int, depth_change: float) -> torch.Tensor:
@@ -56,13 +56,11 @@ def draw_skeleton_top_view(ax, keypoints_3d, *, alpha: float = 1.0, linestyle: s
 
 def show_sample(ax, sample: dict, *, title: str | None = None, keypoints: bool = True, show_hidden: bool = True):
     """An image with its 2D keypoints (hidden ones hollow and dashed) on a matplotlib Axes."""
-    ax.imshow(image_to_numpy(sample["image"]))
+    show_image(ax, sample["image"])
     if keypoints:
         size = sample["image"].shape[-1]
         draw_keypoints_2d(ax, sample["keypoints_2d"], sample["visibility"], show_hidden=show_hidden,
                           markersize=max(2.0, size / 40), linewidth=max(0.8, size / 90))
-        ax.set_xlim(0, size)
-        ax.set_ylim(sample["image"].shape[-2], 0)
     ax.set_xticks([])
     ax.set_yticks([])
     if title:

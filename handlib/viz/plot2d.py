@@ -117,6 +117,29 @@ def image_to_numpy(image) -> np.ndarray:
     return np.clip(image.astype(np.float32), 0.0, 1.0)
 
 
+def show_image(ax, image, **imshow_options):
+    """``ax.imshow`` in handlib's pixel convention: pixel column i covers [i, i + 1) (centre i + 0.5).
+
+    matplotlib's default puts pixel centres at integers, which would draw keypoints from the renderer
+    or a dataset half a pixel off; ``extent=(0, W, H, 0)`` makes the axes' units handlib's pixels.
+
+    Args:
+        ax: matplotlib Axes.
+        image: anything ``image_to_numpy`` takes.
+        imshow_options: passed on to ``imshow`` (a grey colormap is the default for one channel).
+
+    Returns:
+        The ``AxesImage``.
+    """
+    picture = image_to_numpy(image)
+    height, width = picture.shape[:2]
+    imshow_options.setdefault("cmap", "gray" if picture.ndim == 2 else None)
+    shown = ax.imshow(picture, extent=(0, width, height, 0), **imshow_options)
+    ax.set_xlim(0, width)          # fixed, so keypoints drawn later outside the image do not rescale it
+    ax.set_ylim(height, 0)
+    return shown
+
+
 def show_image_with_keypoints(image, keypoints=None, visibility=None, *, ax=None, title: str | None = None,
                               prediction=None, figsize=(4, 4)):
     """Show an image with its keypoints (and optionally a prediction drawn in one colour on top).
@@ -135,17 +158,13 @@ def show_image_with_keypoints(image, keypoints=None, visibility=None, *, ax=None
     """
     import matplotlib.pyplot as plt
 
-    picture = image_to_numpy(image)
     if ax is None:
         _, ax = plt.subplots(figsize=figsize)
-    ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None)
+    show_image(ax, image)
     if keypoints is not None:
         draw_keypoints_2d(ax, keypoints, visibility)
     if prediction is not None:
         draw_keypoints_2d(ax, prediction, color="white", linewidth=1.0, markersize=2.5, alpha=0.9)
-    height, width = picture.shape[:2]
-    ax.set_xlim(-0.5, width - 0.5)
-    ax.set_ylim(height - 0.5, -0.5)
     ax.set_axis_off()
     if title:
         ax.set_title(title)

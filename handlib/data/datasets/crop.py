@@ -25,7 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from handlib.render.camera import crop_intrinsics
+from handlib.render.camera import crop_intrinsics, pixels_in_image
 
 
 def _check_sample(sample: dict):
@@ -130,8 +130,7 @@ def crop_to_hand(sample: dict, size: int = 128, margin: float = 0.2, box: tuple 
     keypoints = (sample["keypoints_2d"] - torch.tensor([float(x0), float(y0)])) * scale
     out["keypoints_2d"] = keypoints
     out["K"] = crop_intrinsics(sample["K"], (x0, y0, side), size)
-    inside = ((keypoints >= 0) & (keypoints <= size)).all(-1)
-    out["visibility"] = sample["visibility"] * inside.float()
+    out["visibility"] = sample["visibility"] * pixels_in_image(keypoints, size).float()
     return out
 
 
