@@ -2,7 +2,7 @@
 
 * ``camera``: intrinsics, crops as intrinsics, placing a mesh in front of the camera.
 * ``rasterize``: the z-buffer rasterizer (``rasterize``, ``interpolate``, ``Fragments``).
-* ``shade``: vertex normals, Lambert + ambient shading, ``render`` -> ``RenderOutput``.
+* ``shade``: vertex normals, Lambert + ambient shading (``shade_covered``), ``render`` -> ``RenderOutput``.
 * ``silhouette``: the differentiable SoftRas silhouette for mask losses.
 
 The same code runs on CPU and CUDA; every input is batch-first, camera frame (OpenCV), metres.
@@ -15,7 +15,7 @@ from handlib.render.rasterize import (
     rasterize,
     rasterize_reference,
 )
-from handlib.render.shade import RenderOutput, render, vertex_normals
+from handlib.render.shade import RenderOutput, render, shade_covered, vertex_normals
 from handlib.render.silhouette import soft_silhouette, soft_silhouette_reference
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "rasterize",
     "rasterize_reference",
     "render",
+    "shade_covered",
     "soft_silhouette",
     "soft_silhouette_reference",
     "vertex_normals",
