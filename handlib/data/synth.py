@@ -63,8 +63,8 @@ import torch.nn.functional as F
 
 from handlib.data.sample import SAMPLE_KEYS
 from handlib.geometry import project_points
-from handlib.render import crop_intrinsics, interpolate_covered, make_intrinsics, rasterize, vertex_normals
-from handlib.render.camera import pixels_in_image
+from handlib.render import (crop_intrinsics, make_intrinsics, pixels_in_image, rasterize, shade_covered,
+                            vertex_normals)
 
 ENGINE_VERSION = 1  # bump when the same (seed, split, index) would render differently: caches use it
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -449,44 +449,6 @@ def _skin_albedo(draws: _Draws, hand: _Hand) -> torch.Tensor:
     return (albedo * variation).clamp(0, 1).float()
 
 
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    """x / |x| along the last axis (cheaper than F.normalize for many 3-vectors)."""
-    return x * torch.rsqrt((x * x).sum(-1, keepdim=True).clamp_min(1e-20))
-
-
-def shade_hands(vertices, faces, fragments, albedo, light, ambient, diffuse, specular, light_color) -> torch.Tensor:
-    """Shade the covered pixels: albedo * light_color * (ambient + diffuse * max(0, n.l)) + a sheen.
-
-    The Lambert term of ``handlib.render.shade`` with per-sample lights (its ``render`` takes one
-    ambient term for the whole batch), plus Blinn-Phong specular ``specular * max(0, n.h)^24``.
-    Per-pixel arithmetic only (products, sums, sqrt), so each pixel's value does not depend on the
-    batch it is rendered in.
-
-    Args:
-        vertices: (B, V, 3) camera frame. faces: (F, 3). fragments: from ``rasterize``.
-        albedo: (B, V, 3). light: (B, 3) unit direction towards the light.
-        ambient, diffuse, specular: (B,). light_color: (B, 3).
-
-    Returns:
-        (N, 3) colours of the covered pixels (``fragments.pixel_index``).
-    """
-    batch, height, width = fragments.face_index.shape
-    image = torch.div(fragments.pixel_index, height * width, rounding_mode="floor")  # (N,)
-    normals = vertex_normals(vertices, faces)
-    attributes = torch.cat([vertices, normals, albedo], dim=-1)  # (B, V, 9)
-    points, normal, color = interpolate_covered(attributes, faces, fragments).split(3, dim=-1)  # (N, 3) each
-    normal = _unit(normal)
-    normal = normal * torch.where((normal * points).sum(-1, keepdim=True) > 0, -1.0, 1.0)  # face the camera
-    to_light = light[image]
-    lambert = (normal * to_light).sum(-1, keepdim=True).clamp_min(0)  # (N, 1)
-    half = _unit(to_light - _unit(points))  # halfway between the light and the viewer
-    sheen = (normal * half).sum(-1, keepdim=True).clamp_min(0)
-    sheen = sheen.square().square().square()  # ^8, by exact products (no pow: see _Draws)
-    sheen = sheen * sheen * sheen  # ^24
-    lit = color * light_color[image] * (ambient[image, None] + diffuse[image, None] * lambert)
-    return (lit + specular[image, None] * sheen * light_color[image]).clamp(0, 1)
-
-
 def _blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Separable 5-tap Gaussian blur with a sigma (B,) per image, pixels (elementwise: batch independent)."""
     taps = torch.arange(-2, 3, dtype=torch.float64)
@@ -576,8 +538,9 @@ def render_batch(indices, seed: int = 0, split: str = "train", config: SynthConf
     with torch.no_grad():
         verts = vertices.to(device)
         fragments = rasterize(verts, faces, K.to(device), size, cull_backfaces=True)
-        colors = shade_hands(verts, faces, fragments, skin.to(device), light.to(device), ambient.to(device),
-                             diffuse.to(device), specular.to(device), light_color.to(device))
+        # Per-sample light, colour, ambient, diffuse and sheen; per-pixel arithmetic only (see _Draws).
+        colors = shade_covered(verts, faces, fragments, skin.to(device), light.to(device), ambient.to(device),
+                               diffuse.to(device), specular.to(device), light_color.to(device))  # (N, 3)
     hand_depth = fragments.depth.cpu()  # (B, S, S), 0 off the hand
     hand_mask = fragments.mask.cpu()
     hand_rgb = torch.zeros(batch * size * size, 3).index_put((fragments.pixel_index.cpu(),), colors.cpu())

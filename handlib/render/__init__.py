@@ -1,13 +1,14 @@
 """The renderer: a pure-torch rasterizer (RGB, depth, mask, part labels) and a soft silhouette.
 
-* ``camera``: intrinsics, crops as intrinsics, placing a mesh in front of the camera.
+* ``camera``: the pixel convention (``pixels_in_image``), intrinsics, crops as intrinsics, placing
+  a mesh in front of the camera.
 * ``rasterize``: the z-buffer rasterizer (``rasterize``, ``interpolate``, ``Fragments``).
-* ``shade``: vertex normals, Lambert + ambient shading, ``render`` -> ``RenderOutput``.
+* ``shade``: vertex normals, Lambert + ambient shading (``shade_covered``), ``render`` -> ``RenderOutput``.
 * ``silhouette``: the differentiable SoftRas silhouette for mask losses.
 
 The same code runs on CPU and CUDA; every input is batch-first, camera frame (OpenCV), metres.
 """
-from handlib.render.camera import crop_intrinsics, make_intrinsics, place_in_front
+from handlib.render.camera import crop_intrinsics, make_intrinsics, pixels_in_image, place_in_front
 from handlib.render.rasterize import (
     Fragments,
     interpolate,
@@ -15,7 +16,7 @@ from handlib.render.rasterize import (
     rasterize,
     rasterize_reference,
 )
-from handlib.render.shade import RenderOutput, render, vertex_normals
+from handlib.render.shade import RenderOutput, render, shade_covered, vertex_normals
 from handlib.render.silhouette import soft_silhouette, soft_silhouette_reference
 
 __all__ = [
@@ -25,10 +26,12 @@ __all__ = [
     "interpolate",
     "interpolate_covered",
     "make_intrinsics",
+    "pixels_in_image",
     "place_in_front",
     "rasterize",
     "rasterize_reference",
     "render",
+    "shade_covered",
     "soft_silhouette",
     "soft_silhouette_reference",
     "vertex_normals",

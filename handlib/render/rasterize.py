@@ -162,6 +162,43 @@ def front_facing(double_area: torch.Tensor) -> torch.Tensor:
     return double_area < 0
 
 
+@dataclass
+class ProjectedMesh:
+    """A batch of meshes checked and projected, ready to rasterize (from ``project_mesh``).
+
+    Attributes:
+        triangles: (B, F, 3, 2) pixel coordinates (u, v) of the three corners.
+        inverse_depth: (B, F, 3) 1 / z of the three corners, 1 / metres.
+        double_area: (B, F) signed area of the projected triangle times 2, pixels^2.
+        valid: (B, F) bool, the triangles to draw: in front of the near plane, not degenerate,
+            and facing the camera when back faces are culled.
+        image_size: (H, W) in pixels.
+    """
+
+    triangles: torch.Tensor
+    inverse_depth: torch.Tensor
+    double_area: torch.Tensor
+    valid: torch.Tensor
+    image_size: tuple[int, int]
+
+
+def project_mesh(vertices, faces, K, image_size, near: float, cull_backfaces: bool) -> ProjectedMesh:
+    """Check the inputs (``check_mesh``, ``check_image_size``), project every triangle
+    (``project_faces``) and mark those to draw: the first step of every rasterizer here.
+
+    Args:
+        vertices: (B, V, 3) camera frame, metres. faces: (F, 3) vertex indices.
+        K: (3, 3) or (B, 3, 3) intrinsics, pixels. image_size: int or (H, W), pixels.
+        near: metres, as in ``project_faces``. cull_backfaces: keep only ``front_facing`` triangles.
+    """
+    vertices, faces, K = check_mesh(vertices, faces, K)
+    image_size = check_image_size(image_size)
+    triangles, inverse_depth, double_area, valid = project_faces(vertices, faces, K, near)
+    if cull_backfaces:
+        valid = valid & front_facing(double_area)
+    return ProjectedMesh(triangles, inverse_depth, double_area, valid, image_size)
+
+
 def screen_barycentrics(triangles: torch.Tensor, double_area: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Barycentric coordinates of 2D points in 2D triangles, by edge functions.
 
@@ -278,6 +315,48 @@ def evaluate_planes(planes: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) ->
     return planes[0] + planes[1] * dx + planes[2] * dy
 
 
+@torch.no_grad()
+def planes_over_boxes(mesh: ProjectedMesh, corner_scale: torch.Tensor, margin: float = 0.0):
+    """Each triangle's pixel box (``pixel_boxes``) and its scaled edge functions as planes over
+    the box, with the origin at the centre of its first pixel (``depth_planes``). No autograd.
+
+    Args:
+        mesh: from ``project_mesh``.
+        corner_scale: (B, F, 3) or (B*F, 3), what edge function i is multiplied by (divided by
+            twice the area): ``mesh.inverse_depth`` gives the rasterizer's q_i = lambda_i / z_i.
+        margin: pixels, dilation of the boxes.
+
+    Returns:
+        first: (B*F, 2) long, column and row of each box's first pixel.
+        size: (B*F, 2) long, its width and height in pixels.
+        planes: (3, 3, B*F) [coefficient (Q, QX, QY), corner, triangle].
+    """
+    triangles = mesh.triangles.reshape(-1, 3, 2)  # (B*F, 3, 2)
+    first, size = pixel_boxes(triangles, mesh.image_size, margin)  # (B*F, 2) each
+    planes = depth_planes(triangles, corner_scale.reshape(-1, 3), mesh.double_area.reshape(-1), first + 0.5)
+    return first, size, planes
+
+
+def candidate_pixels(item, dx, dy, first: torch.Tensor, num_faces: int, image_size: tuple[int, int]):
+    """Where candidates (from ``enumerate_pixels``) lie in the batch of images.
+
+    Args:
+        item: (N,) long, the candidate's triangle, a row of the (B*F) triangles.
+        dx, dy: (N,) long, its column and row within the triangle's box.
+        first: (B*F, 2) long, the boxes' first pixels, from ``pixel_boxes``.
+        num_faces: F. image_size: (H, W).
+
+    Returns:
+        x, y: (N,) long, pixel column and row. image: (N,) long, which image (b).
+        pixel: (N,) long, flat index into (B*H*W).
+    """
+    height, width = image_size
+    x = gather_last(first[:, 0], item) + dx  # (N,)
+    y = gather_last(first[:, 1], item) + dy  # (N,)
+    image = torch.div(item, num_faces, rounding_mode="floor")  # (N,)
+    return x, y, image, (image * height + y) * width + x
+
+
 def gather_last(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``table[..., index]`` for a table (..., M) and index (N,): (..., N). No autograd.
 
@@ -301,10 +380,11 @@ def _depth_key(depth: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
     return (depth_bits << _FACE_ID_BITS) | face
 
 
-def _fragments_from_zbuffer(zbuffer, triangles, inverse_depth, double_area, image_size) -> Fragments:
+def _fragments_from_zbuffer(zbuffer: torch.Tensor, mesh: ProjectedMesh) -> Fragments:
     """Step 5: decode the z-buffer keys; recompute depth and barycentrics with autograd."""
+    triangles, inverse_depth, double_area = mesh.triangles, mesh.inverse_depth, mesh.double_area
     batch, num_faces = double_area.shape
-    height, width = image_size
+    height, width = mesh.image_size
     covered = zbuffer != torch.iinfo(torch.int64).max  # (B*H*W,)
     pixel_index = covered.nonzero().squeeze(1)  # (N,)
     face = zbuffer.index_select(0, pixel_index) & ((1 << _FACE_ID_BITS) - 1)  # (N,) index into faces
@@ -366,40 +446,31 @@ def rasterize(
         >>> rasterize(triangle, torch.tensor([[0, 1, 2]]), K, 16).mask.sum().item()  # 10 x 10 / 2 + diagonal
         55
     """
-    vertices, faces, K = check_mesh(vertices, faces, K)
-    height, width = check_image_size(image_size)
-    batch, num_faces = vertices.shape[0], faces.shape[0]
-
     # 1. Project: corners (B, F, 3, 2) in pixels, their 1 / z (B, F, 3), twice the signed area (B, F).
-    triangles, inverse_depth, double_area, valid = project_faces(vertices, faces, K, near)
-    if cull_backfaces:
-        valid = valid & front_facing(double_area)
+    mesh = project_mesh(vertices, faces, K, image_size, near, cull_backfaces)
+    (batch, num_faces), (height, width) = mesh.valid.shape, mesh.image_size
 
     with torch.no_grad():
-        # 2. Candidates: every pixel centre inside a triangle's bounding box, all images at once.
-        flat_triangles = triangles.detach().reshape(-1, 3, 2)  # (B*F, 3, 2)
-        first, size = pixel_boxes(flat_triangles, (height, width))  # (B*F, 2) each
-        item, dx, dy = enumerate_pixels(size, valid.reshape(-1))  # (N,) each
+        # 2. Candidates: every pixel centre inside a triangle's bounding box, all images at once,
+        # and the planes q_i = lambda_i / z_i over each box.
+        first, size, planes = planes_over_boxes(mesh, mesh.inverse_depth)  # (B*F, 2), (B*F, 2), (3, 3, B*F)
+        item, dx, dy = enumerate_pixels(size, mesh.valid.reshape(-1))  # (N,) each
 
-        # 3. Inside test and depth at each candidate, from the planes q_i = lambda_i / z_i.
-        planes = depth_planes(
-            flat_triangles, inverse_depth.detach().reshape(-1, 3), double_area.detach().reshape(-1), first + 0.5
-        )  # (3, 3, B*F)
+        # 3. Inside test and depth at each candidate.
         q = evaluate_planes(gather_last(planes, item), dx.to(planes.dtype), dy.to(planes.dtype))  # (3, N)
         inside = ((q[0] >= 0) & (q[1] >= 0) & (q[2] >= 0)).nonzero().squeeze(1)  # (N',) covered candidates
         item, q = item.index_select(0, inside), gather_last(q, inside)  # (N',), (3, N')
         depth = 1.0 / (q[0] + q[1] + q[2])  # (N',) metres
-        x = gather_last(first[:, 0], item) + dx.index_select(0, inside)  # (N',) pixel column
-        y = gather_last(first[:, 1], item) + dy.index_select(0, inside)  # (N',) pixel row
+        _, _, image, pixel = candidate_pixels(
+            item, dx.index_select(0, inside), dy.index_select(0, inside), first, num_faces, mesh.image_size
+        )  # (N',) each
 
         # 4. Z-buffer: the smallest key (depth, then face id) per pixel wins.
-        image = torch.div(item, num_faces, rounding_mode="floor")  # (N',)
-        pixel = (image * height + y) * width + x  # (N',) flat index into (B*H*W)
         zbuffer = torch.full((batch * height * width,), torch.iinfo(torch.int64).max, device=vertices.device)
         zbuffer.scatter_reduce_(0, pixel, _depth_key(depth, item - image * num_faces), reduce="amin")
 
     # 5. Barycentrics and depth of the winners, differentiable w.r.t. the vertices.
-    return _fragments_from_zbuffer(zbuffer, triangles, inverse_depth, double_area, (height, width))
+    return _fragments_from_zbuffer(zbuffer, mesh)
 
 
 def rasterize_reference(
@@ -416,32 +487,24 @@ def rasterize_reference(
     that the tests compare ``rasterize`` with, and the plainest way to read the algorithm.
     Arguments and result are those of ``rasterize``.
     """
-    vertices, faces, K = check_mesh(vertices, faces, K)
-    height, width = check_image_size(image_size)
-    batch, num_faces = vertices.shape[0], faces.shape[0]
-    triangles, inverse_depth, double_area, valid = project_faces(vertices, faces, K, near)
-    if cull_backfaces:
-        valid = valid & front_facing(double_area)
+    mesh = project_mesh(vertices, faces, K, image_size, near, cull_backfaces)
+    (batch, num_faces), (height, width) = mesh.valid.shape, mesh.image_size
 
     with torch.no_grad():
         # The same planes and the same arithmetic as the fast path, for every face and every pixel.
-        flat_triangles = triangles.detach().reshape(-1, 3, 2)  # (B*F, 3, 2)
-        first, _ = pixel_boxes(flat_triangles, (height, width))  # (B*F, 2)
-        planes = depth_planes(
-            flat_triangles, inverse_depth.detach().reshape(-1, 3), double_area.detach().reshape(-1), first + 0.5
-        )  # (3, 3, B*F)
+        first, _, planes = planes_over_boxes(mesh, mesh.inverse_depth)  # (B*F, 2), (3, 3, B*F)
         rows, columns = torch.meshgrid(
             torch.arange(height, device=vertices.device), torch.arange(width, device=vertices.device), indexing="ij"
         )
         dx = (columns.reshape(1, -1) - first[:, :1]).to(planes.dtype)  # (B*F, H*W)
         dy = (rows.reshape(1, -1) - first[:, 1:]).to(planes.dtype)
         q = evaluate_planes(planes[..., None], dx, dy)  # (3, B*F, H*W)
-        inside = (q[0] >= 0) & (q[1] >= 0) & (q[2] >= 0) & valid.reshape(-1, 1)  # (B*F, H*W)
+        inside = (q[0] >= 0) & (q[1] >= 0) & (q[2] >= 0) & mesh.valid.reshape(-1, 1)  # (B*F, H*W)
         depth = 1.0 / (q[0] + q[1] + q[2])  # (B*F, H*W)
         face_ids = torch.arange(num_faces, device=vertices.device).repeat(batch)[:, None].expand_as(depth)
         keys = torch.where(inside, _depth_key(depth, face_ids), torch.iinfo(torch.int64).max)
         zbuffer = keys.reshape(batch, num_faces, -1).amin(dim=1).reshape(-1)  # (B*H*W,)
-    return _fragments_from_zbuffer(zbuffer, triangles, inverse_depth, double_area, (height, width))
+    return _fragments_from_zbuffer(zbuffer, mesh)
 
 
 def interpolate_covered(attributes: torch.Tensor, faces: torch.Tensor, fragments: Fragments) -> torch.Tensor:

@@ -7,6 +7,8 @@ The shading model is Lambert's law plus an ambient term, per pixel:
 where n(p) is the interpolated vertex normal (turned to face the camera, so both sides of a
 surface are lit: "two-sided" lighting) and l the unit direction from the surface towards the
 light, in the camera frame. The default light comes from just above and left of the camera.
+``shade_covered`` is the per-pixel model itself, with a coloured light, separate ambient and
+diffuse weights and an optional specular sheen (the synthetic data use all of them).
 """
 from __future__ import annotations
 
@@ -68,6 +70,70 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
         normals = normals.index_add(1, faces[:, corner], face_normals)
     length = (normals * normals).sum(dim=-1, keepdim=True).sqrt()  # (B, V, 1)
     return normals / length.clamp_min(1e-12)
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """x / |x| along the last axis (cheaper than F.normalize for many 3-vectors)."""
+    return x * torch.rsqrt((x * x).sum(-1, keepdim=True).clamp_min(1e-20))
+
+
+def _per_pixel(value, image: torch.Tensor):
+    """A float shared by the batch as it is; a tensor (B,) with one value per image -> (N, 1) at the pixels."""
+    return value[image, None] if isinstance(value, torch.Tensor) else value
+
+
+def shade_covered(
+    vertices: torch.Tensor,
+    faces: torch.Tensor,
+    fragments: Fragments,
+    albedo: torch.Tensor,
+    light: torch.Tensor,
+    ambient,
+    diffuse,
+    specular=None,
+    light_color: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Shade the covered pixels, two-sided Lambert + ambient and an optional Blinn-Phong sheen:
+
+        colour(p) = albedo(p) * c * (ambient + diffuse * max(0, n.l)) + specular * c * max(0, n.h)^24
+
+    with c the light's colour, n the unit normal turned towards the camera, l the unit direction
+    towards the light and h = unit(l - unit(p)) halfway between the light and the viewer, p being
+    the surface point. Per-pixel arithmetic only (products, sums, sqrt, no pow), so each pixel's
+    value does not depend on the batch it is rendered in (the synthetic data rely on it).
+
+    Args:
+        vertices: (B, V, 3) camera frame, metres. faces: (F, 3) long.
+        fragments: from ``rasterize(vertices, faces, ...)``.
+        albedo: (B, V, 3) or (1, V, 3) per-vertex RGB in [0, 1].
+        light: (3,) or (B, 3) unit direction from the surface towards the light, camera frame.
+        ambient, diffuse: floats, or (B,) tensors with one value per image.
+        specular: None (no sheen), a float or (B,), the weight of the sheen.
+        light_color: None (white) or (3,) / (B, 3) RGB.
+
+    Returns:
+        (N, 3) colours in [0, 1] of the covered pixels (``fragments.pixel_index``).
+    """
+    batch, height, width = fragments.face_index.shape
+    image = torch.div(fragments.pixel_index, height * width, rounding_mode="floor")  # (N,)
+    normals = vertex_normals(vertices, faces)  # (B, V, 3)
+    attributes = torch.cat([vertices, normals, albedo.expand(*vertices.shape)], dim=-1)  # (B, V, 9)
+    points, normal, color = interpolate_covered(attributes, faces, fragments).split(3, dim=-1)  # (N, 3) each
+    normal = _unit(normal)
+    normal = normal * torch.where((normal * points).sum(-1, keepdim=True) > 0, -1.0, 1.0)  # face the camera
+    to_light = light.expand(batch, 3)[image]  # (N, 3)
+    lambert = (normal * to_light).sum(-1, keepdim=True).clamp_min(0)  # (N, 1) cos of the angle of incidence
+    if light_color is not None:
+        light_color = light_color.expand(batch, 3)[image]  # (N, 3)
+        color = color * light_color
+    shaded = color * (_per_pixel(ambient, image) + _per_pixel(diffuse, image) * lambert)  # (N, 3)
+    if specular is not None:
+        half = _unit(to_light - _unit(points))  # (N, 3) halfway between the light and the viewer
+        sheen = (normal * half).sum(-1, keepdim=True).clamp_min(0)  # (N, 1)
+        sheen = sheen.square().square().square()  # ^8, by exact products (no pow)
+        sheen = _per_pixel(specular, image) * (sheen * sheen * sheen)  # ^24
+        shaded = shaded + (sheen if light_color is None else sheen * light_color)
+    return shaded.clamp(0, 1)
 
 
 def _per_vertex(values, name: str, batch: int, num_vertices: int, reference: torch.Tensor) -> torch.Tensor:
@@ -155,24 +221,13 @@ def render(
     height, width = fragments.image_size
     pixel_index = fragments.pixel_index  # (N,) covered pixels
     image = torch.div(pixel_index, height * width, rounding_mode="floor")  # (N,) which image
-
-    # Interpolate position, normal and albedo in one pass over the covered pixels; channels first.
-    normals = vertex_normals(vertices, faces)  # (B, V, 3)
-    per_vertex = torch.cat([vertices, normals, albedo.expand(batch, num_vertices, 3)], dim=-1)  # (B, V, 9)
-    points, normal, color = interpolate_covered(per_vertex, faces, fragments).T.split(3)  # (3, N) each
-
-    # Two-sided Lambert: turn each normal towards the camera (n . p < 0, p being the ray direction).
-    normal = normal / (normal[0] ** 2 + normal[1] ** 2 + normal[2] ** 2).sqrt().clamp_min(1e-12)  # (3, N) unit
-    facing = torch.where((normal * points).sum(0) > 0, -1.0, 1.0)  # (N,)
-    light = light[:, None] if light.ndim == 1 else light.T.contiguous()[:, image]  # (3, 1) or (3, N)
-    lambert = ((normal * light).sum(0) * facing).clamp_min(0)  # (N,) cos of the angle of incidence
-    shaded = (color * (ambient + (1 - ambient) * lambert)).clamp(0, 1)  # (3, N)
+    shaded = shade_covered(vertices, faces, fragments, albedo, light, ambient, 1 - ambient)  # (N, 3)
 
     # Write the shaded pixels over the background: channel c of pixel p is at p + (2 b + c) H W
     # in the flattened (B, 3, H, W) image, b being p's image.
     rgb = _background_image(background, batch, height, width, vertices)  # (B, 3, H, W)
-    channel = torch.arange(3, device=vertices.device)[:, None]  # (3, 1)
-    flat = (pixel_index + image * (2 * height * width)) + channel * (height * width)  # (3, N)
+    channel = torch.arange(3, device=vertices.device)  # (3,)
+    flat = (pixel_index + image * (2 * height * width))[:, None] + channel * (height * width)  # (N, 3)
     rgb = rgb.view(-1).index_put((flat.reshape(-1),), shaded.reshape(-1)).view(batch, 3, height, width)
 
     part_labels = None

@@ -26,16 +26,13 @@ import torch
 
 from handlib.render.rasterize import (
     DEFAULT_NEAR,
-    check_image_size,
-    check_mesh,
-    depth_planes,
+    candidate_pixels,
     enumerate_pixels,
     evaluate_planes,
     gather_last,
-    front_facing,
-    pixel_boxes,
     pixel_centres,
-    project_faces,
+    planes_over_boxes,
+    project_mesh,
     screen_barycentrics,
 )
 
@@ -120,37 +117,29 @@ def soft_silhouette(
     Known artefact (of SoftRas itself): a pixel centre lying exactly on an edge shared by k
     triangles gets 1 - 0.5^k instead of ~1, a visible dot inside the shape when sigma is large.
     """
-    vertices, faces, K = check_mesh(vertices, faces, K)
-    height, width = check_image_size(image_size)
+    mesh = project_mesh(vertices, faces, K, image_size, near, cull_backfaces)
     _check_sigma(sigma, threshold)
-    batch, num_faces = vertices.shape[0], faces.shape[0]
-
-    triangles, _, double_area, valid = project_faces(vertices, faces, K, near)  # (B, F, 3, 2), (B, F)
-    if cull_backfaces:
-        valid = valid & front_facing(double_area)
-    flat_triangles = triangles.reshape(batch * num_faces, 3, 2)  # (B*F, 3, 2)
+    (batch, num_faces), (height, width) = mesh.valid.shape, mesh.image_size
+    flat_triangles = mesh.triangles.reshape(batch * num_faces, 3, 2)  # (B*F, 3, 2)
 
     # Candidates: pixel centres within `margin` of a triangle (its term is below `threshold` beyond).
     margin = math.sqrt(sigma * math.log(1.0 / threshold - 1.0))  # pixels
     with torch.no_grad():
-        corners = flat_triangles.detach()
-        first, size = pixel_boxes(corners, (height, width), margin)  # (B*F, 2) each
-        item, dx, dy = enumerate_pixels(size, valid.reshape(-1))  # (N,) each
         # Signed distance to each edge's line, positive inside: planes over the pixel grid as in
         # ``rasterize``, scaled by the triangle's heights h_i = 2 area / |opposite edge|.
-        area = double_area.detach().reshape(-1)  # (B*F,)
+        corners = flat_triangles.detach()
         opposite_edge = corners.roll(-2, dims=1) - corners.roll(-1, dims=1)  # (B*F, 3, 2)
-        heights = area.abs()[:, None] / opposite_edge.norm(dim=-1)  # (B*F, 3)
-        planes = depth_planes(corners, heights, area, first + 0.5)  # (3, 3, B*F)
+        heights = mesh.double_area.reshape(-1, 1).abs() / opposite_edge.norm(dim=-1)  # (B*F, 3)
+        first, size, planes = planes_over_boxes(mesh, heights, margin)  # (B*F, 2), (B*F, 2), (3, 3, B*F)
+        item, dx, dy = enumerate_pixels(size, mesh.valid.reshape(-1))  # (N,) each
         line_distance = evaluate_planes(gather_last(planes, item), dx.to(planes.dtype), dy.to(planes.dtype))  # (3, N)
         # Inside: all three >= 0. Further than `margin` outside one edge's line: negligible, skip.
         nearest_line = torch.minimum(torch.minimum(line_distance[0], line_distance[1]), line_distance[2])  # (N,)
         keep = (nearest_line >= -margin).nonzero().squeeze(1)  # (N',)
         item, inside = item.index_select(0, keep), nearest_line.index_select(0, keep) >= 0
-        x = gather_last(first[:, 0], item) + dx.index_select(0, keep)  # (N',) pixel column
-        y = gather_last(first[:, 1], item) + dy.index_select(0, keep)  # (N',) pixel row
-        image = torch.div(item, num_faces, rounding_mode="floor")
-        pixel = (image * height + y) * width + x  # (N',) flat index into (B*H*W)
+        x, y, _, pixel = candidate_pixels(
+            item, dx.index_select(0, keep), dy.index_select(0, keep), first, num_faces, mesh.image_size
+        )  # (N',) each
 
     # Each candidate's log(1 - D_f(p)), differentiable through the gathered edges (one row at a time:
     # fast on the CPU).
@@ -178,18 +167,15 @@ def soft_silhouette_reference(
     (B, F, H * W) memory and time: for tests on tiny images and for reading. Arguments and result
     are those of ``soft_silhouette``.
     """
-    vertices, faces, K = check_mesh(vertices, faces, K)
-    height, width = check_image_size(image_size)
+    mesh = project_mesh(vertices, faces, K, image_size, near, cull_backfaces)
     _check_sigma(sigma, 1e-4)
-    triangles, _, double_area, valid = project_faces(vertices, faces, K, near)
-    if cull_backfaces:
-        valid = valid & front_facing(double_area)
+    (height, width), triangles, valid = mesh.image_size, mesh.triangles, mesh.valid
     rows, columns = torch.meshgrid(
         torch.arange(height, device=vertices.device), torch.arange(width, device=vertices.device), indexing="ij"
     )
     centres = pixel_centres(columns.reshape(-1), rows.reshape(-1), vertices.dtype)  # (H*W, 2)
     every_face, every_pixel = triangles[:, :, None], centres[None, None]  # (B, F, 1, 3, 2), (1, 1, H*W, 2)
-    inside = (screen_barycentrics(every_face, double_area[:, :, None], every_pixel) >= 0).all(dim=-1)  # (B, F, H*W)
+    inside = (screen_barycentrics(every_face, mesh.double_area[:, :, None], every_pixel) >= 0).all(dim=-1)  # (B, F, H*W)
     distance_squared = squared_distance_to_edges(edge_segments(every_face), every_pixel[..., 0], every_pixel[..., 1])
     log_uncovered = _log_uncovered(distance_squared, inside, sigma)
     log_uncovered = torch.where(valid[:, :, None], log_uncovered, 0.0)  # (B, F, H*W)
