@@ -638,15 +638,18 @@ def load_model(method_name: str, checkpoint=None, profile: str | None = None, de
     Returns:
         the ``nn.Module``.
     """
-    spec = get_method(method_name)
     device = get_device(device)
     if checkpoint is None:
         checkpoint = find_checkpoint(method_name, get_profile(profile), checkpoint_dir)
-    state = load_torch(checkpoint, map_location=device)
+    return _model_from_state(method_name, load_torch(checkpoint, map_location=device), checkpoint, profile, device)
+
+
+def _model_from_state(method_name: str, state: dict, checkpoint, profile: str | None, device) -> nn.Module:
+    """The model of a loaded checkpoint ``state`` (read from ``checkpoint``), in eval mode on ``device``."""
     if state.get("config", {}).get("method") != method_name:
         raise ValueError(f"{checkpoint}: a checkpoint of {state.get('config', {}).get('method')!r}, "
                          f"not of {method_name!r}")
-    model = spec.build_model(profile or state["config"]["profile"]).to(device)
+    model = get_method(method_name).build_model(profile or state["config"]["profile"]).to(device)
     model.load_state_dict(state["model"])
     return model.eval()
 
@@ -671,14 +674,13 @@ def evaluate(method_name: str, checkpoint=None, profile: str | None = None, devi
         ``metrics.benchmark_row`` dict (epe_3d_mm, median_3d_mm, auc_20_50, epe_2d_px,
         epe_procrustes_mm, alignment, num_samples).
     """
-    spec = get_method(method_name)
+    spec, device = get_method(method_name), get_device(device)
     if checkpoint is None:
         checkpoint = find_checkpoint(method_name, get_profile(profile), checkpoint_dir)
-    elif profile is None:
-        profile = load_torch(checkpoint)["config"]["profile"]      # the profile it was trained with
-    profile = get_profile(profile)
+    state = load_torch(checkpoint, map_location=device)
+    profile = get_profile(profile or state["config"]["profile"])      # default: the one it was trained with
     hyper = spec.profiles[profile]
-    model = load_model(method_name, checkpoint, profile, device, checkpoint_dir)
+    model = _model_from_state(method_name, state, checkpoint, profile, device)
     if dataset is None:
         dataset = fixed_test_set(spec, hyper, num_samples)
     row = evaluate_model(spec, model, dataset, device, batch_size)
