@@ -392,7 +392,8 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
-        return f"{platform.machine()} CPU, {available_cpus()} cores, {torch.get_num_threads()} torch threads"
+        threads = torch.get_num_threads()
+        return f"{platform.machine()} CPU, {available_cpus()} cores, {threads} torch thread{'s' * (threads != 1)}"
     return str(device)
 
 
