@@ -183,6 +183,24 @@ def test_model_shapes_and_loss_gradients(lifting):
         model(fake_batch(size=128)["image"], batch["is_right"])        # the wrong image size is named
 
 
+def test_the_ablation_variants_share_their_2d_networks():
+    """The lifting ablation compares liftings alone: with one seed both variants start from the same
+    HandSegNet and PoseNet, and the lifting loss (PosePrior learns from the true keypoints' maps)
+    sends them no gradient, so training keeps them equal."""
+    batch = fake_batch()
+    models = {}
+    for lifting in ("canonical", "direct"):
+        torch.manual_seed(0)
+        models[lifting] = zb.build_model("quick", lifting)
+        _, terms = zb.zimmermann2017_loss(models[lifting], batch)
+        terms["lifting"].backward()
+        for name in ("handsegnet", "posenet"):
+            assert all(p.grad is None for p in getattr(models[lifting], name).parameters()), (lifting, name)
+    for name in ("handsegnet", "posenet"):
+        canonical, direct = (getattr(models[k], name).state_dict() for k in ("canonical", "direct"))
+        assert all(torch.equal(canonical[key], direct[key]) for key in canonical), name
+
+
 @pytest.mark.parametrize("lifting", ["canonical", "direct"])
 def test_loss_and_prediction_stay_on_the_batch_device(lifting):
     """Nothing is made on the CPU behind the batch's back (a GPU run would stop there): on PyTorch's
