@@ -42,6 +42,7 @@ from torch import nn
 
 from handlib.data.heatmaps import gaussian_heatmaps, heatmap_argmax
 from handlib.geometry import axis_angle_to_matrix
+from handlib.render.camera import check_image_size
 from handlib.skeleton import NUM_KEYPOINTS, SCALE_BONE, WRIST
 from handlib.train import MethodSpec, TrainingProfile, register_method
 
@@ -436,7 +437,7 @@ class Zimmermann2017(nn.Module):
 def score_map_targets(keypoints_2d: torch.Tensor, visibility: torch.Tensor, image_size) -> torch.Tensor:
     """Gaussian score maps (B, 21, S/4, S/4) of keypoints (B, 21, 2) px in (S, S) images, zero where
     invisible or outside; sigma = ``SCORE_MAP_SIGMA_CELLS`` cells (``POSENET_STRIDE`` px each)."""
-    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    height, width = check_image_size(image_size)
     maps = (score_map_size(height), score_map_size(width))
     return gaussian_heatmaps(keypoints_2d, (height, width), maps, SCORE_MAP_SIGMA_CELLS * POSENET_STRIDE, visibility)
 
@@ -551,7 +552,8 @@ def lifting_ablation(canonical_model: Zimmermann2017, direct_model: Zimmermann20
 
     Returns:
         list of 4 dicts: {"lifting", "score_maps", "median_3d_mm", "epe_3d_mm", "auc_20_50",
-        "epe_procrustes_mm" (after the best similarity transform: the shape alone), "num_samples"}; ``handlib.train.format_table(rows, columns=ABLATION_COLUMNS)`` prints them.
+        "epe_procrustes_mm" (after the best similarity transform: the shape alone), "num_samples"};
+        ``handlib.train.format_table(rows, columns=ABLATION_COLUMNS)`` prints them.
     """
     from functools import partial
 
