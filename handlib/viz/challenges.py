@@ -122,40 +122,32 @@ def pose_space_variance(poses: torch.Tensor) -> torch.Tensor:
     return (variance.cumsum(0) / variance.sum()).float()
 
 
-REAL_DATASETS = (
-    # name, loader, files relative to the realdata folder, licence
-    ("RHD (rendered)", "RHDCoco", ("rhd/test_rhd.json",), "research only, non-commercial"),
-    ("FreiHAND", "FreiHANDKeypoints2D", ("freihand/test_freihand.json",), "research only, non-commercial"),
-    ("CMU Panoptic hands", "CMUHands2D", ("panoptic/test_panoptic.json",), "CMU's terms, research use"),
-    ("InterHand2.6M", "InterHand26M", ("interhand2.6m/test_interhand2.6m_data.json",
-                                       "interhand2.6m/test_interhand2.6m_camera.json",
-                                       "interhand2.6m/test_interhand2.6m_joint_3d.json"), "CC-BY-NC 4.0"),
-)
+def load_real_examples(realdata: Path | None = None, size: int = 128) -> list[tuple[str, str, dict]]:
+    """The first real sample of each dataset in the repository's ``data/samples/``, cropped around
+    the hand to ``size`` pixels, with left hands mirrored into right ones (what the course's
+    networks, trained on right hands, expect).
 
-
-def load_real_examples(realdata: Path, size: int = 128) -> list[tuple[str, str, dict]]:
-    """One real sample of each dataset in ``realdata`` (the project's ``shared/realdata``), cropped
-    around the hand to ``size`` pixels with ``crop_to_hand``.
+    The samples come from ``handlib.data.samples.real_samples``, the one way to open them.
 
     Args:
-        realdata: folder holding rhd/, freihand/, panoptic/ and interhand2.6m/ (mmpose's test samples).
+        realdata: a folder in the layout of ``data/samples/``; default ``SAMPLES_DIR``.
         size: side of the crops, pixels.
 
     Returns:
-        A list of (dataset name, licence, sample dict); datasets whose files are missing are left out.
+        A list of (dataset name, licence, sample dict), one per dataset of ``REAL_DATASETS``;
+        each sample has image (3, size, size) and keypoints_2d (21, 2) px in the crop.
     """
-    from handlib.data import datasets
+    from handlib.data.datasets import mirror_sample
+    from handlib.data.samples import real_samples
 
-    realdata = Path(realdata)
-    examples = []
-    for name, loader, files, licence in REAL_DATASETS:
-        paths = [realdata / f for f in files]
-        if not all(p.is_file() for p in paths):
-            continue
-        data = getattr(datasets, loader)(*paths, image_dir=paths[0].parent)   # images beside the annotations
-        examples.append((name, licence, datasets.crop_to_hand(data[0], size=size)))
-    return examples
+    examples = {}
+    for entry in real_samples(size, folder=realdata):
+        if entry["dataset"] not in examples:
+            sample = entry["sample"]
+            examples[entry["dataset"]] = (entry["dataset"], entry["licence"],
+                                          sample if sample["is_right"] else mirror_sample(sample))
+    return list(examples.values())
 
 
-__all__ = ["REAL_DATASETS", "draw_skeleton_top_view", "keypoint_patches",
+__all__ = ["draw_skeleton_top_view", "keypoint_patches",
            "load_real_examples", "move_along_ray", "patch_similarity", "pose_space_variance", "show_sample"]

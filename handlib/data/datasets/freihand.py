@@ -211,8 +211,9 @@ class FreiHANDKeypoints2D(Dataset):
         image_dir: folder of the ``%08d.jpg`` images; default the json's folder.
 
     Example:
-        >>> data = FreiHANDKeypoints2D("../shared/realdata/freihand/test_freihand.json")  # doctest: +SKIP
-        >>> data.sample_id(0)                                                               # doctest: +SKIP
+        >>> from handlib.data.samples import SAMPLES_DIR
+        >>> data = FreiHANDKeypoints2D(SAMPLES_DIR / "freihand" / "test_freihand.json")
+        >>> data.sample_id(0)
         17620
     """
 
