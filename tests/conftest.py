@@ -9,9 +9,6 @@ import pytest
 
 from handlib.skeleton import MANO_PARENTS
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-REALDATA = SHARED / "realdata"
-
 
 def make_random_mano_arrays(num_vertices: int = 60, num_betas: int = 10, seed: int = 0) -> dict:
     """A valid but random MANO-format dict: joints along five 'fingers', weights falling off with

@@ -1,8 +1,9 @@
 """Tests of the real-dataset loaders (handlib.data.datasets) and of crop_to_hand / mirror_sample.
 
 Two kinds of data:
-  * tiny real samples in ``../shared/realdata`` (mmpose's test data: RHD json, FreiHAND images,
-    InterHand2.6M json, CMU panoptic json; FreiHAND's official evaluation_K.json);
+  * tiny real samples in the repository's ``data/samples/`` (``SAMPLES_DIR``; mmpose's test data:
+    RHD json, FreiHAND images, InterHand2.6M json, CMU panoptic json; FreiHAND's official
+    evaluation_K.json);
   * fixtures written here, into ``tmp_path``, in exactly the documented on-disk formats of the
     releases no sample exists for (original RHD pickle + PNGs, STB .mat, the FreiHAND v2 layout).
     Their numbers come from the real samples (RHD joints, FreiHAND keypoints and K).
@@ -44,14 +45,10 @@ from handlib.data.datasets.freihand import image_id, sample_id_of
 from handlib.data.datasets.rhd import decode_depth
 from handlib.data.datasets.stb import BB_K, SK_COLOUR_K
 from handlib.data.sample import SAMPLE_KEYS, make_sample
+from handlib.data.samples import SAMPLES_DIR
 from handlib.geometry import project_points
 from handlib.skeleton import from_course_order, to_course_order
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
-needs_realdata = pytest.mark.skipif(
-    not REALDATA.is_dir(), reason=f"real samples not found at {REALDATA} (clone the project's shared/ beside the repo)")
-if not REALDATA.is_dir():
-    print(f"test_datasets: skipping the real-sample tests, {REALDATA} is absent")
 
 
 def reprojection_error(sample: dict) -> float:
@@ -102,14 +99,14 @@ def python2_pickle(obj) -> bytes:
 
 def rhd_json_frames() -> list[dict]:
     """The 3 real RHD frames of mmpose's json: file, K, hand, joints (21, 3) m and uv (21, 2), RHD order."""
-    content = json.loads((REALDATA / "rhd" / "test_rhd.json").read_text())
+    content = json.loads((SAMPLES_DIR / "rhd" / "test_rhd.json").read_text())
     images = {image["id"]: image for image in content["images"]}
     frames = []
     for annotation in content["annotations"]:
         image = images[annotation["image_id"]]
         focal, centre = image["cam_param"]["focal"], image["cam_param"]["princpt"]
         K = np.array([[focal[0], 0, centre[0]], [0, focal[1], centre[1]], [0, 0, 1]])
-        frames.append({"id": image["id"], "file": REALDATA / "rhd" / image["file_name"], "K": K,
+        frames.append({"id": image["id"], "file": SAMPLES_DIR / "rhd" / image["file_name"], "K": K,
                        "hand": annotation["hand_type"], "xyz": np.array(annotation["joint_cam"]) / 1000.0,
                        "uv": np.array(annotation["keypoints"])[:, :2]})
     return frames
@@ -183,9 +180,9 @@ def write_freihand_release(root: Path, num_samples: int = 356) -> dict:
     keypoints, a real K (FreiHAND's evaluation_K.json entry 355) and xyz = those keypoints
     back-projected at depths 0.55-0.65 m. Plus the evaluation split with the real evaluation_K.json."""
     rng = np.random.default_rng(0)
-    content = json.loads((REALDATA / "freihand" / "test_freihand.json").read_text())
+    content = json.loads((SAMPLES_DIR / "freihand" / "test_freihand.json").read_text())
     uv = next(np.reshape(a["keypoints"], (21, 3))[:, :2] for a in content["annotations"] if a["image_id"] == 355)
-    eval_K = json.loads((REALDATA / "freihand_official_files" / "evaluation_K.json").read_text())
+    eval_K = json.loads((SAMPLES_DIR / "freihand_official_files" / "evaluation_K.json").read_text())
     K = np.array(eval_K[355])
     depth = rng.uniform(0.55, 0.65, 21)
     xyz = np.concatenate([(uv - K[:2, 2]) / np.diag(K)[:2], np.ones((21, 1))], 1) * depth[:, None]
@@ -195,7 +192,7 @@ def write_freihand_release(root: Path, num_samples: int = 356) -> dict:
     (root / "evaluation" / "rgb").mkdir(parents=True)
     for k in range(4):
         name = f"{355 + 32560 * k:08d}.jpg"
-        shutil.copy(REALDATA / "freihand" / name, root / "training" / "rgb" / name)
+        shutil.copy(SAMPLES_DIR / "freihand" / name, root / "training" / "rgb" / name)
     mask = np.zeros((224, 224), np.uint8)
     mask[100:150, 60:160] = 255
     Image.fromarray(mask, mode="L").save(root / "training" / "mask" / "00000355.jpg")
@@ -203,8 +200,8 @@ def write_freihand_release(root: Path, num_samples: int = 356) -> dict:
              "mano": [mano.tolist()] * num_samples, "scale": [0.03] * num_samples}
     for key, value in lists.items():
         (root / f"training_{key}.json").write_text(json.dumps(value))
-    shutil.copy(REALDATA / "freihand_official_files" / "evaluation_K.json", root / "evaluation_K.json")
-    shutil.copy(REALDATA / "freihand" / "00000355.jpg", root / "evaluation" / "rgb" / "00000000.jpg")
+    shutil.copy(SAMPLES_DIR / "freihand_official_files" / "evaluation_K.json", root / "evaluation_K.json")
+    shutil.copy(SAMPLES_DIR / "freihand" / "00000355.jpg", root / "evaluation" / "rgb" / "00000000.jpg")
     return {"uv": uv, "K": K, "xyz": xyz, "mano": mano[0], "eval_K": np.array(eval_K)}
 
 
@@ -212,10 +209,9 @@ def write_freihand_release(root: Path, num_samples: int = 356) -> dict:
 # Real samples
 # ---------------------------------------------------------------------------------------------
 
-@needs_realdata
 def test_rhd_json_reprojects_and_is_in_course_order():
     frames = rhd_json_frames()
-    data = RHDCoco(REALDATA / "rhd" / "test_rhd.json", mirror_left=False)
+    data = RHDCoco(SAMPLES_DIR / "rhd" / "test_rhd.json", mirror_left=False)
     assert len(data) == 3
     for frame, sample in zip(frames, data):
         check_sample(sample, 320, 320)
@@ -230,10 +226,9 @@ def test_rhd_json_reprojects_and_is_in_course_order():
         assert distances[3] > distances[0]
 
 
-@needs_realdata
 def test_rhd_json_left_hands_are_mirrored_consistently():
-    kept = RHDCoco(REALDATA / "rhd" / "test_rhd.json", mirror_left=False)
-    mirrored = RHDCoco(REALDATA / "rhd" / "test_rhd.json")
+    kept = RHDCoco(SAMPLES_DIR / "rhd" / "test_rhd.json", mirror_left=False)
+    mirrored = RHDCoco(SAMPLES_DIR / "rhd" / "test_rhd.json")
     for original, sample in zip(kept, mirrored):
         assert sample["is_right"] == 1.0
         assert reprojection_error(sample) < 0.1
@@ -244,9 +239,8 @@ def test_rhd_json_left_hands_are_mirrored_consistently():
             assert torch.equal(sample["image"], original["image"].flip(-1))
 
 
-@needs_realdata
 def test_interhand_hands_project_into_their_box_and_image():
-    folder = REALDATA / "interhand2.6m"
+    folder = SAMPLES_DIR / "interhand2.6m"
     files = [folder / f"test_interhand2.6m_{part}.json" for part in ("data", "camera", "joint_3d")]
     data = InterHand26M(*files, image_dir=folder, mirror_left=False)
     # frames: 2 interacting (2 hands each), 1 left only, 1 right only -> 6 hands
@@ -274,9 +268,8 @@ def test_interhand_hands_project_into_their_box_and_image():
         assert 0.9 < float(sample["keypoints_3d"][:, 2].mean()) < 1.3         # hands ~1 m away
 
 
-@needs_realdata
 def test_interhand_release_layout_and_mirroring(tmp_path):
-    folder = REALDATA / "interhand2.6m"
+    folder = SAMPLES_DIR / "interhand2.6m"
     (tmp_path / "annotations" / "test").mkdir(parents=True)
     (tmp_path / "images" / "test").mkdir(parents=True)
     for part in ("data", "camera", "joint_3d"):
@@ -291,9 +284,8 @@ def test_interhand_release_layout_and_mirroring(tmp_path):
         assert reprojection_error(sample) < 1e-3
 
 
-@needs_realdata
 def test_freihand_json_versions_share_one_annotation():
-    data = FreiHANDKeypoints2D(REALDATA / "freihand" / "test_freihand.json")
+    data = FreiHANDKeypoints2D(SAMPLES_DIR / "freihand" / "test_freihand.json")
     assert len(data) == 8
     by_sample = {}
     for index in range(len(data)):
@@ -312,11 +304,10 @@ def test_freihand_json_versions_share_one_annotation():
     assert image_id(355, "auto") == 98035 and sample_id_of(98035) == (355, "auto")
 
 
-@needs_realdata
 def test_cmu_panoptic_2d():
-    content = json.loads((REALDATA / "panoptic" / "test_panoptic.json").read_text())
-    kept = CMUHands2D(REALDATA / "panoptic" / "test_panoptic.json", mirror_left=False)
-    mirrored = CMUHands2D(REALDATA / "panoptic" / "test_panoptic.json")
+    content = json.loads((SAMPLES_DIR / "panoptic" / "test_panoptic.json").read_text())
+    kept = CMUHands2D(SAMPLES_DIR / "panoptic" / "test_panoptic.json", mirror_left=False)
+    mirrored = CMUHands2D(SAMPLES_DIR / "panoptic" / "test_panoptic.json")
     assert len(kept) == 4
     for annotation, image, original, sample in zip(content["annotations"], content["images"], kept, mirrored):
         check_sample(original, image["height"], image["width"])
@@ -333,7 +324,6 @@ def test_cmu_panoptic_2d():
 # Fixtures in the documented formats
 # ---------------------------------------------------------------------------------------------
 
-@needs_realdata
 def test_freihand_release_layout_id_arithmetic_and_projection(tmp_path):
     truth = write_freihand_release(tmp_path)
     data = FreiHAND(tmp_path)
@@ -359,7 +349,6 @@ def test_freihand_release_layout_id_arithmetic_and_projection(tmp_path):
     assert np.allclose(sample["betas"].numpy(), truth["mano"][48:58], atol=1e-6)
 
 
-@needs_realdata
 def test_freihand_evaluation_split_uses_official_K(tmp_path):
     truth = write_freihand_release(tmp_path, num_samples=4)
     data = FreiHAND(tmp_path, split="evaluation")
@@ -373,7 +362,6 @@ def test_freihand_evaluation_split_uses_official_K(tmp_path):
         FreiHAND(tmp_path, split="evaluation", versions=("hom",))
 
 
-@needs_realdata
 def test_rhd_original_release(tmp_path):
     frames = write_rhd_release(tmp_path)
     data = RHD(tmp_path, mirror_left=False)
@@ -415,7 +403,6 @@ def test_rhd_choose_hand_by_mask_pixels(tmp_path):
     assert choose_hand(mask) == "left"
 
 
-@needs_realdata
 def test_stb_bb_and_sk_cameras(tmp_path):
     course = write_stb_release(tmp_path)
     data = STB(tmp_path, ["B1Counting"], camera="BB_left", mirror_left=False)
@@ -488,9 +475,8 @@ def test_crop_default_box_contains_the_hand_and_pads_outside():
     assert reprojection_error(cropped) < 1e-3
 
 
-@needs_realdata
 def test_crop_real_samples_keep_projection():
-    data = RHDCoco(REALDATA / "rhd" / "test_rhd.json")
+    data = RHDCoco(SAMPLES_DIR / "rhd" / "test_rhd.json")
     for sample in data:
         cropped = crop_to_hand(sample, size=128)
         check_sample(cropped, 128, 128)
