@@ -14,10 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-
-def _checkpoint_dir(args) -> dict:
-    """``{"checkpoint_dir": ...}`` when --checkpoint-dir was given, else {} (handlib.train's default)."""
-    return {} if args.checkpoint_dir is None else {"checkpoint_dir": args.checkpoint_dir}
+from handlib.checkpoints import RUN_DIR
+from handlib.runtime import PROFILES
 
 
 def _build_hand(args):
@@ -34,50 +32,54 @@ def _convert_mano(args):
 
 
 def _generate(args):
+    from handlib.registry import get_method
     from handlib.runtime import get_profile
-    from handlib.train import fixed_test_set, get_method
 
-    spec = get_method(args.method)
-    hyper = spec.profiles[get_profile(args.profile)]
-    spec.make_dataset("train", hyper.train_samples, args.seed, hyper.image_size)
-    fixed_test_set(spec, hyper)
+    method, variant = get_method(args.method)
+    config = method.config(get_profile(args.profile), variant)
+    for stage in method.stages(config):
+        stage.data(args.seed)
+    method.test_data(config, config.test_samples)
 
 
 def _train(args):
-    from handlib.train import format_table, train
+    from handlib.evaluate import format_table
+    from handlib.train import train
 
-    time_limit_s = None if args.minutes is None else 60.0 * args.minutes
     result = train(args.method, profile=args.profile, device=args.device, seed=args.seed, resume=not args.restart,
-                   time_limit_s=time_limit_s, **_checkpoint_dir(args))
-    print(f"{result.checkpoint}: step {result.step}, {result.wall_time_s:.0f} s of training")
+                   minutes=args.minutes, run_dir=args.run_dir)
+    print(f"{result.checkpoint}: {result.wall_time_s:.0f} s of training, "
+          f"{'finished' if result.finished else 'not finished: run the same command again to resume'}")
     if result.metrics:
-        print(format_table([{"method": result.method, "profile": result.profile, **result.metrics}]))
+        print(format_table([{"method": result.name, "profile": result.profile, **result.metrics}]))
 
 
 def _export(args):
+    from handlib.checkpoints import export_checkpoint, run_path, shipped_path
     from handlib.runtime import get_profile
-    from handlib.train import COMMITTED_CHECKPOINT_DIR, checkpoint_path, export_checkpoint
 
-    source = checkpoint_path(args.method, get_profile(args.profile), **_checkpoint_dir(args))
-    destination = export_checkpoint(source, COMMITTED_CHECKPOINT_DIR / source.name, note=args.note)
+    profile = get_profile(args.profile)
+    destination = export_checkpoint(run_path(args.method, profile, args.run_dir), shipped_path(args.method, profile),
+                                    note=args.note)
     print(f"wrote {destination} ({destination.stat().st_size / 1e6:.1f} MB) and its records "
           f"{destination.with_suffix('.md').name}, {destination.with_suffix('.json').name}")
 
 
 def _evaluate(args):
-    from handlib.train import evaluate
+    from handlib.evaluate import evaluate, format_table
 
-    evaluate(args.method, checkpoint=args.checkpoint, profile=args.profile, device=args.device,
-             verbose=True, **_checkpoint_dir(args))
+    row = evaluate(args.method, args.profile, args.checkpoint, args.run_dir, args.device)
+    print(format_table([{"method": args.method, "profile": args.profile, **row}]))
 
 
 def _benchmark(args):
-    from handlib.train import benchmark
+    from handlib.evaluate import benchmark
 
-    benchmark(profile=args.profile, device=args.device, verbose=True, **_checkpoint_dir(args))
+    benchmark(profile=args.profile, device=args.device, run_dir=args.run_dir, verbose=True)
 
 
-CHECKPOINT_DIR_HELP = "where your checkpoints are written and found (default: data/checkpoints of the repository)"
+RUN_DIR_HELP = "folder of your training runs (default for train and export: data/runs)"
+SHIPPED_HELP = "folder of your runs to read instead of the shipped checkpoints (e.g. data/runs)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,36 +96,44 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("destination", type=Path, help="output .npz or .pkl (keep the MANO_RIGHT/LEFT name)")
     command.set_defaults(run=_convert_mano)
 
-    for name, run, help_text in [("generate", _generate, "render and cache the training and test sets of a method"),
-                                 ("train", _train, "train a method"), ("evaluate", _evaluate, "evaluate a method")]:
-        command = commands.add_parser(name, help=help_text)
-        command.add_argument("method", help="e.g. zimmermann2017")
-        command.add_argument("--profile", choices=["quick", "full"], default=None,
-                             help="default: $HANDLIB_PROFILE, else full with CUDA and quick without")
-        if name in ("generate", "train"):
-            command.add_argument("--seed", type=int, default=0, help="seed of the run (and of its training set)")
-        if name == "train":
-            command.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
-            command.add_argument("--minutes", type=float, default=None,
-                                 help="stop after this many minutes with a checkpoint; run again to resume")
-        if name in ("train", "evaluate"):
-            command.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-            command.add_argument("--checkpoint-dir", type=Path, default=None, help=CHECKPOINT_DIR_HELP)
-        if name == "evaluate":
-            command.add_argument("--checkpoint", type=Path, default=None)
-        command.set_defaults(run=run)
+    profile_help = "default: $HANDLIB_PROFILE, else full with CUDA and quick without"
+    method_help = "a method or METHOD:VARIANT, e.g. zimmermann2017 or zimmermann2017:direct"
+    command = commands.add_parser("generate", help="render and cache the training and test sets of a method")
+    command.add_argument("method", help=method_help)
+    command.add_argument("--profile", choices=PROFILES, default=None, help=profile_help)
+    command.add_argument("--seed", type=int, default=0, help="seed of the training set")
+    command.set_defaults(run=_generate)
 
-    command = commands.add_parser("export", help="ship a trained checkpoint: a slim copy in handlib/assets/checkpoints")
-    command.add_argument("method", help="e.g. zimmermann2017")
-    command.add_argument("--profile", choices=["quick", "full"], default=None)
-    command.add_argument("--checkpoint-dir", type=Path, default=None, help=CHECKPOINT_DIR_HELP)
+    command = commands.add_parser("train", help="train a method (checkpoints resume)")
+    command.add_argument("method", help=method_help)
+    command.add_argument("--profile", choices=PROFILES, default=None, help=profile_help)
+    command.add_argument("--seed", type=int, default=0, help="seed of the run (and of its training set)")
+    command.add_argument("--restart", action="store_true", help="ignore an existing checkpoint of the run")
+    command.add_argument("--minutes", type=float, default=None,
+                         help="stop after this many minutes with a checkpoint; run again to resume")
+    command.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    command.add_argument("--run-dir", type=Path, default=RUN_DIR, help=RUN_DIR_HELP)
+    command.set_defaults(run=_train)
+
+    command = commands.add_parser("export", help="ship a finished run: a slim copy in handlib/assets/checkpoints")
+    command.add_argument("method", help=method_help)
+    command.add_argument("--profile", choices=PROFILES, default=None, help=profile_help)
+    command.add_argument("--run-dir", type=Path, default=RUN_DIR, help=RUN_DIR_HELP)
     command.add_argument("--note", default="", help="a sentence for the record (how it was made, where)")
     command.set_defaults(run=_export)
 
-    command = commands.add_parser("benchmark", help="evaluate every trained method and print one table")
-    command.add_argument("--profile", choices=["quick", "full"], default=None)
+    command = commands.add_parser("evaluate", help="evaluate a trained method on its fixed synthetic test set")
+    command.add_argument("method", help=method_help)
+    command.add_argument("--profile", choices=PROFILES, default="full", help="whose checkpoint (default full)")
+    command.add_argument("--checkpoint", type=Path, default=None, help="a .pt file (default: the shipped one)")
+    command.add_argument("--run-dir", type=Path, default=None, help=SHIPPED_HELP)
     command.add_argument("--device", default=None)
-    command.add_argument("--checkpoint-dir", type=Path, default=None, help=CHECKPOINT_DIR_HELP)
+    command.set_defaults(run=_evaluate)
+
+    command = commands.add_parser("benchmark", help="evaluate every trained method and variant, one table")
+    command.add_argument("--profile", choices=PROFILES, default="full", help="whose checkpoints (default full)")
+    command.add_argument("--run-dir", type=Path, default=None, help=SHIPPED_HELP)
+    command.add_argument("--device", default=None)
     command.set_defaults(run=_benchmark)
     return parser
 

@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# The repository's data folder: real samples (tracked), and the generated cache/ and runs/ (ignored).
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
 
 @contextlib.contextmanager
 def atomic_path(path):

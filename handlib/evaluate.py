@@ -1,0 +1,175 @@
+"""Evaluation: run a method over a dataset, score every field of its ``Prediction``, and the
+benchmark table of every shipped method.
+
+Scores (``handlib.metrics``, the papers' definitions):
+
+* 2D: mean end-point error in pixels of the input crop, over visible keypoints;
+* 3D (when the prediction has keypoints): mean and median EPE in mm after the method's alignment
+  (``Method.alignment``), AUC of the 3D PCK over 20-50 mm, and the Procrustes-aligned EPE
+  (PA-MPJPE: the shape alone);
+* mesh (when the prediction has vertices and the samples have MANO parameters): the mean
+  per-vertex error in mm after Procrustes alignment, against the true MANO mesh.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from handlib import metrics
+from handlib.methods import Method, Prediction
+from handlib.runtime import get_device
+
+TARGET_KEYS = ("keypoints_2d", "keypoints_3d", "visibility", "has_3d", "pose", "betas", "has_mano")
+
+
+@torch.no_grad()
+def predict_dataset(method: Method, model: nn.Module, config, dataset: Dataset, device=None,
+                    batch_size: int = 32, predict=None) -> tuple[Prediction, dict]:
+    """Run a method over a dataset, in order, in eval mode.
+
+    Args:
+        method, model, config: the method, its model and the config it was built with.
+        dataset: a Dataset of sample dicts of ``config.image_size`` px.
+        device: None = CUDA when available.
+        batch_size: samples per forward pass.
+        predict: ``(model, batch, config) -> Prediction`` instead of ``method.predict`` (ablations).
+
+    Returns:
+        (the ``Prediction`` of every sample on the CPU, {key: tensor} the samples' ground truth
+        ``TARGET_KEYS``).
+    """
+    device = get_device(device)
+    predict = predict or method.predict
+    model.eval()
+    predictions, targets = [], {key: [] for key in TARGET_KEYS}
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=default_collate):
+        inputs = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
+        predictions.append(predict(model, inputs, config).detach("cpu"))
+        for key in TARGET_KEYS:
+            targets[key].append(batch[key])
+    return Prediction.concatenate(predictions), {key: torch.cat(values) for key, values in targets.items()}
+
+
+def mesh_targets(pose: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
+    """The true MANO mesh (B, 778, 3) of samples' ``pose`` (B, 48) and ``betas`` (B, 10), metres,
+    up to a translation (Procrustes removes it)."""
+    from handlib.mano.layer import ManoLayer
+
+    layer = ManoLayer(flat_hand_mean=True)
+    return layer(hand_pose=pose[:, 3:], betas=betas, global_orient=pose[:, :3]).vertices
+
+
+def score(prediction: Prediction, targets: dict, alignment: str = "root") -> dict:
+    """The benchmark numbers of a prediction: every field that is present is scored.
+
+    Args:
+        prediction: a ``Prediction`` of N samples.
+        targets: {key: tensor} of the same N samples (``TARGET_KEYS``).
+        alignment: how ``keypoints_3d`` is aligned before the headline 3D error (``metrics.ALIGNMENTS``).
+
+    Returns:
+        dict: ``epe_2d_px``; with 3D keypoints ``epe_3d_mm``, ``median_3d_mm``, ``auc_20_50``,
+        ``epe_procrustes_mm``, ``alignment``; with vertices ``mesh_error_mm``; and ``num_samples``.
+    """
+    visible = targets["visibility"]
+    row = {"epe_2d_px": metrics.mean_epe(metrics.keypoint_errors(prediction.keypoints_2d, targets["keypoints_2d"],
+                                                                 visible))}
+    has_3d = targets["has_3d"].bool()
+    if prediction.keypoints_3d is not None and has_3d.any():
+        row_3d = metrics.benchmark_row(prediction.keypoints_3d[has_3d], targets["keypoints_3d"][has_3d],
+                                       alignment=alignment)
+        row.update({key: value for key, value in row_3d.items() if key not in ("epe_2d_px", "num_samples")})
+    has_mano = targets["has_mano"].bool()
+    if prediction.vertices is not None and has_mano.any():
+        true_mesh = mesh_targets(targets["pose"][has_mano], targets["betas"][has_mano])
+        aligned = metrics.align_procrustes(prediction.vertices[has_mano], true_mesh)
+        row["mesh_error_mm"] = float((aligned - true_mesh.double()).norm(dim=-1).mean() * 1000.0)
+    row["num_samples"] = len(prediction)
+    return row
+
+
+def evaluate_model(method: Method, model: nn.Module, config, dataset: Dataset | None = None, device=None,
+                   batch_size: int = 32, predict=None) -> dict:
+    """``score`` of a model on a dataset (default: the method's fixed test set of ``config``)."""
+    dataset = method.test_data(config, config.test_samples) if dataset is None else dataset
+    prediction, targets = predict_dataset(method, model, config, dataset, device, batch_size, predict)
+    return score(prediction, targets, method.alignment)
+
+
+def evaluate(name: str, profile: str = "full", checkpoint=None, run_dir=None, device=None,
+             dataset: Dataset | None = None) -> dict:
+    """Load a trained method (``handlib.checkpoints.load_model``) and ``evaluate_model`` it.
+
+    Args:
+        name: "method" or "method:variant".
+        profile, checkpoint, run_dir: which checkpoint (default: the shipped ``full`` one).
+        device: None = CUDA when available.
+        dataset: None = the fixed synthetic test set of the checkpoint's config.
+    """
+    from handlib.checkpoints import load_model
+
+    method, model, config = load_model(name, profile, checkpoint, device, run_dir)
+    return evaluate_model(method, model, config, dataset, device)
+
+
+TABLE_COLUMNS = {"method": "method", "profile": "profile", "epe_3d_mm": "3D EPE (mm)", "median_3d_mm": "median (mm)",
+                 "auc_20_50": "AUC 20-50 mm", "epe_procrustes_mm": "PA EPE (mm)", "mesh_error_mm": "mesh PA (mm)",
+                 "epe_2d_px": "2D EPE (px)", "alignment": "3D alignment", "num_samples": "samples"}
+
+
+def format_table(rows: list[dict], columns: dict | None = None) -> str:
+    """A markdown table of rows (numbers with 2 or 3 decimals; "-" where a row has no value).
+
+    Args:
+        rows: list of dicts.
+        columns: {key: header}; None = ``TABLE_COLUMNS``, less the columns no row has.
+    """
+    columns = columns or {key: header for key, header in TABLE_COLUMNS.items() if any(key in row for row in rows)}
+
+    def cell(key, value):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.3f}" if key.startswith("auc") else f"{value:.2f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(key, row.get(key)) for key in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def benchmark(profile: str = "full", names: list[str] | None = None, device=None, run_dir=None,
+              verbose: bool = False) -> list[dict]:
+    """Evaluate every method and variant that has a checkpoint, each on its fixed test set.
+
+    Args:
+        profile: whose checkpoints ("full": the shipped ones).
+        names: "method" or "method:variant" names; None = every registered one.
+        device: None = CUDA when available.
+        run_dir: None = the shipped checkpoints; a folder = your runs there.
+        verbose: print the table, and the names that have no checkpoint.
+
+    Returns:
+        list of dicts: {"method", "profile", "checkpoint", and ``score``'s keys}.
+    """
+    from handlib.checkpoints import find_checkpoint
+    from handlib.registry import available_names
+
+    rows, missing = [], []
+    for name in names or available_names():
+        try:
+            path = find_checkpoint(name, profile, run_dir)
+        except FileNotFoundError:
+            missing.append(name)
+            continue
+        rows.append({"method": name, "profile": profile, "checkpoint": str(path),
+                     **evaluate(name, profile, path, device=device)})
+    if verbose:
+        print(format_table(rows) if rows else f"no {profile} checkpoints found")
+        if missing:
+            print(f"no {profile} checkpoint: {', '.join(missing)}; train with `python -m handlib train NAME`")
+    return rows
+
