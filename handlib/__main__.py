@@ -7,6 +7,7 @@
     evaluate        evaluate a trained method on the fixed synthetic test set
     export          ship a trained checkpoint (weights and record) in handlib/assets/checkpoints
     benchmark       evaluate every trained method and print one table
+    predict         predict the 3D hand in your own images (JSON, and pictures with --overlay)
 """
 from __future__ import annotations
 
@@ -78,6 +79,19 @@ def _benchmark(args):
     benchmark(profile=args.profile, device=args.device, run_dir=args.run_dir, verbose=True)
 
 
+def _predict(args) -> int:
+    from handlib import predict
+
+    results, errors = predict.predict_files(args.method, args.images, hand=args.hand, intrinsics=args.intrinsics,
+                                            out=args.out, overlay_dir=args.overlay, checkpoint=args.checkpoint,
+                                            device=args.device, profile=args.profile)
+    for error in errors:
+        print(f"error: {error['error']}", file=sys.stderr)
+    print(f"wrote {args.out}: {len(results) - len(errors)} of {len(results)} images predicted"
+          + (f", overlays in {args.overlay}" if args.overlay is not None else ""))
+    return 1 if errors else 0
+
+
 RUN_DIR_HELP = "folder of your training runs (default for train and export: data/runs)"
 SHIPPED_HELP = "folder of your runs to read instead of the shipped checkpoints (e.g. data/runs)"
 
@@ -135,17 +149,32 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--run-dir", type=Path, default=None, help=SHIPPED_HELP)
     command.add_argument("--device", default=None)
     command.set_defaults(run=_benchmark)
+
+    command = commands.add_parser("predict", help="predict the 3D hand in your own images (one hand per image)")
+    command.add_argument("method", help="e.g. zimmermann2017 or zimmermann2017:direct")
+    command.add_argument("images", nargs="+", help="photo crops around one hand each (JPEG, PNG; any size)")
+    command.add_argument("--hand", choices=["left", "right"], required=True, help="which hand the images show")
+    command.add_argument("--intrinsics", nargs=4, type=float, default=None, metavar=("FX", "FY", "CX", "CY"),
+                         help="the images' camera (pixels of the image): gives the hand in the camera frame; "
+                              "without it the hand is root-relative")
+    command.add_argument("--out", type=Path, required=True, help="the JSON file to write (one object per image)")
+    command.add_argument("--overlay", type=Path, default=None, help="folder for <stem>_overlay.png pictures")
+    command.add_argument("--checkpoint", type=Path, default=None, help="a .pt file (default: the method's own)")
+    command.add_argument("--profile", choices=["quick", "full"], default="full",
+                         help="whose checkpoint to use when --checkpoint is not given (default: full)")
+    command.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    command.set_defaults(run=_predict)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        code = args.run(args)  # None (success) or an exit code
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

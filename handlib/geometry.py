@@ -237,6 +237,56 @@ def unproject_points(pixels: torch.Tensor, depth: torch.Tensor, K: torch.Tensor)
     return rays * depth[..., None]
 
 
+def solve_translation(points: torch.Tensor, pixels: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """The translation T that puts root-relative points where they project onto ``pixels``.
+
+    A point P = (X, Y, Z) moved to P + T projects to u = fx (X + Tx) / (Z + Tz) + cx (and v
+    alike). Multiplying out the depth makes each keypoint give two equations LINEAR in T::
+
+        fx (X + Tx) - (u - cx) (Z + Tz) = 0     i.e.   fx Tx - (u - cx) Tz = (u - cx) Z - fx X
+        fy (Y + Ty) - (v - cy) (Z + Tz) = 0     i.e.   fy Ty - (v - cy) Tz = (v - cy) Z - fy Y
+
+    so N points give a (2N x 3) least-squares problem A T = b, solved here in float64. It
+    minimises this algebraic error, which is the pixel error weighted by the depth (Z + Tz) / f:
+    for a hand whose depth extent is small next to its distance, nearly the reprojection error.
+    With exact pixels the answer is exact. (A skew K[0, 1] is taken as zero.)
+
+    Args:
+        points: (..., N, 3) the shape to place, e.g. root-relative keypoints, metres, camera axes.
+        pixels: (..., N, 2) where they are seen, pixels.
+        K: (..., 3, 3) intrinsics, broadcastable against the leading dimensions.
+
+    Returns:
+        (..., 3) T, same unit as ``points``, in ``points``' dtype: ``points + T[..., None, :]`` is in
+        the camera frame.
+
+    Example:
+        >>> K = torch.tensor([[500.0, 0, 64], [0, 500.0, 64], [0, 0, 1]])
+        >>> points = torch.tensor([[0.0, 0, 0], [0.01, 0, 0], [0, 0.02, 0.01]])
+        >>> T = torch.tensor([0.05, -0.02, 0.4])
+        >>> solve_translation(points, project_points(points + T, K), K)
+        tensor([ 0.0500, -0.0200,  0.4000])
+    """
+    _check_last(points, 3, "points")
+    _check_last(pixels, 2, "pixels")
+    _check_last(K, (3, 3), "K")
+    if points.ndim < 2 or points.shape[:-1] != pixels.shape[:-1]:
+        raise ValueError(f"points, pixels: expected shapes (..., N, 3) and (..., N, 2) with the same N, got "
+                         f"{tuple(points.shape)} and {tuple(pixels.shape)}")
+    P, uv, K = points.double(), pixels.double(), K.double()
+    fx, fy = K[..., 0, 0, None], K[..., 1, 1, None]                    # (..., 1)
+    du, dv = uv[..., 0] - K[..., 0, 2, None], uv[..., 1] - K[..., 1, 2, None]  # (..., N) u - cx, v - cy
+    X, Y, Z = P.unbind(-1)
+    zero = torch.zeros_like(du)
+    fx, fy = fx.expand_as(du), fy.expand_as(dv)
+    rows_u = torch.stack([fx, zero, -du], -1)                           # (..., N, 3)
+    rows_v = torch.stack([zero, fy, -dv], -1)
+    A = torch.cat([rows_u, rows_v], -2)                                 # (..., 2N, 3)
+    b = torch.cat([du * Z - fx * X, dv * Z - fy * Y], -1)               # (..., 2N)
+    T = torch.linalg.lstsq(A, b[..., None]).solution[..., 0]           # (..., 3)
+    return T.to(points.dtype)
+
+
 def procrustes(points: torch.Tensor, target: torch.Tensor, scale: bool = True,
                weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The similarity transform q ~ s R p + t that best matches ``points`` to ``target``.

@@ -13,7 +13,8 @@ real photo and a render with the cropped K agree pixel for pixel.
 
 Mirroring an image left to right turns a left hand into a right hand (the course models right
 hands only): ``u' = W - u`` in the image, ``x' = -x`` in the camera frame, and
-``K'[0, 2] = W - cx`` (``K'[0, 1] = -K[0, 1]``) so that ``u' = fx x'/z + cx'`` still holds.
+``K'[0, 2] = W - cx`` (``K'[0, 1] = -K[0, 1]``) so that ``u' = fx x'/z + cx'`` still holds
+(the maps themselves are in ``handlib.images``).
 
 Pixel convention (the renderer's, ``handlib.render.camera``): pixel column j covers
 ``u`` in ``[j, j + 1)`` and its centre is ``u = j + 0.5``; a W-pixel-wide image covers ``[0, W]``.
@@ -25,6 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from handlib.images import crop_padded, mirror_image, mirror_intrinsics, mirror_keypoints_2d, mirror_points_3d
 from handlib.render.camera import crop_intrinsics, pixels_in_image
 
 
@@ -70,17 +72,6 @@ def hand_box(sample: dict, margin: float = 0.2, min_side: float = 16.0) -> tuple
     return x0, y0, side_px
 
 
-def _crop_padded(image: torch.Tensor, x0: int, y0: int, side: int) -> torch.Tensor:
-    """image (C, H, W) -> (C, side, side), the pixels [y0, y0+side) x [x0, x0+side), zero outside."""
-    channels, height, width = image.shape
-    out = image.new_zeros(channels, side, side)
-    top, left = max(y0, 0), max(x0, 0)
-    bottom, right = min(y0 + side, height), min(x0 + side, width)
-    if bottom > top and right > left:
-        out[:, top - y0:bottom - y0, left - x0:right - x0] = image[:, top:bottom, left:right]
-    return out
-
-
 def crop_to_hand(sample: dict, size: int = 128, margin: float = 0.2, box: tuple | None = None) -> dict:
     """Crop a square around the hand, resize it to ``size`` x ``size``, and update K and keypoints_2d.
 
@@ -121,10 +112,10 @@ def crop_to_hand(sample: dict, size: int = 128, margin: float = 0.2, box: tuple 
         return F.interpolate(image[None], size=(size, size), mode=mode)[0]
 
     out = dict(sample)
-    out["image"] = resize(_crop_padded(sample["image"], x0, y0, side), "bilinear").clamp(0, 1)
-    mask = resize(_crop_padded(sample["mask"][None], x0, y0, side), "bilinear")[0]
+    out["image"] = resize(crop_padded(sample["image"], x0, y0, side), "bilinear").clamp(0, 1)
+    mask = resize(crop_padded(sample["mask"][None], x0, y0, side), "bilinear")[0]
     out["mask"] = (mask > 0.5).float()
-    out["depth"] = resize(_crop_padded(sample["depth"][None], x0, y0, side), "nearest-exact")[0]
+    out["depth"] = resize(crop_padded(sample["depth"][None], x0, y0, side), "nearest-exact")[0]
     # u' = s (u - x0), v' = s (v - y0): pixel edges map onto pixel edges, as in F.interpolate
     # with align_corners=False.
     keypoints = (sample["keypoints_2d"] - torch.tensor([float(x0), float(y0)])) * scale
@@ -153,17 +144,10 @@ def mirror_sample(sample: dict) -> dict:
     width = sample["image"].shape[-1]
     out = dict(sample)
     for key in ("image", "mask", "depth"):
-        out[key] = sample[key].flip(-1)
-    keypoints = sample["keypoints_2d"].clone()
-    keypoints[:, 0] = width - keypoints[:, 0]
-    out["keypoints_2d"] = keypoints
-    joints = sample["keypoints_3d"].clone()
-    joints[:, 0] = -joints[:, 0]
-    out["keypoints_3d"] = joints
-    K = sample["K"].clone()
-    K[0, 2] = width - K[0, 2]
-    K[0, 1] = -K[0, 1]
-    out["K"] = K
+        out[key] = mirror_image(sample[key])
+    out["keypoints_2d"] = mirror_keypoints_2d(sample["keypoints_2d"], width)
+    out["keypoints_3d"] = mirror_points_3d(sample["keypoints_3d"])
+    out["K"] = mirror_intrinsics(sample["K"], width)
     pose = sample["pose"].reshape(16, 3).clone()
     pose[:, 1:] = -pose[:, 1:]
     out["pose"] = pose.reshape(48)
