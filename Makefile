@@ -42,17 +42,18 @@ notebooks: setup
 benchmarks: setup
 	for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
-# On a machine with a GPU: train the full profile of every method, then ship each checkpoint in
-# handlib/assets/checkpoints with its record (`python -m handlib export`). Each training stops after
-# MINUTES with a checkpoint; run the target again to resume. The first run renders the training
-# sets on every CPU core (60 000 images of 128 px each, 5.9 GB in data/cache).
+# Train the full profile of every method and variant (the shared backbone first: the others start
+# from it), and ship each finished run in handlib/assets/checkpoints with its
+# record (`python -m handlib export`). Each training stops after MINUTES with a checkpoint; run the
+# target again to resume. On a 2-core CPU each method takes at most about 90 minutes; a GPU makes it
+# minutes. The first run renders the training sets on every CPU core into data/cache.
 # With Python and torch already installed (no .venv): make full-checkpoints PY=python3
 MINUTES ?= 600
 full-checkpoints:
-	methods=$$($(PY) -c "from handlib.train import available_methods; print(*available_methods())") || exit 1; \
-	for method in $$methods; do \
-	  $(PY) -m handlib train $$method --profile full --minutes $(MINUTES) && \
-	  $(PY) -m handlib export $$method --profile full || exit 1; \
+	names=$$($(PY) -c "from handlib.registry import available_names; print(*available_names())") || exit 1; \
+	for name in $$names; do \
+	  $(PY) -m handlib train $$name --profile full --minutes $(MINUTES) && \
+	  $(PY) -m handlib export $$name --profile full || exit 1; \
 	done
 	$(PY) -m handlib benchmark --profile full
 
