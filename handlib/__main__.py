@@ -74,9 +74,12 @@ def _evaluate(args):
 
 
 def _benchmark(args):
-    from handlib.evaluate import benchmark
+    from handlib.evaluate import benchmark, real_benchmark
 
-    benchmark(profile=args.profile, device=args.device, run_dir=args.run_dir, verbose=True)
+    if args.real:
+        real_benchmark(profile=args.profile, device=args.device, run_dir=args.run_dir, verbose=True)
+    else:
+        benchmark(profile=args.profile, device=args.device, run_dir=args.run_dir, verbose=True)
 
 
 def _predict(args) -> int:
@@ -145,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     command.set_defaults(run=_evaluate)
 
     command = commands.add_parser("benchmark", help="evaluate every trained method and variant, one table")
+    command.add_argument("--real", action="store_true",
+                         help="on the repository's real samples (data/samples), next to two image-free baselines")
     command.add_argument("--profile", choices=PROFILES, default="full", help="whose checkpoints (default full)")
     command.add_argument("--run-dir", type=Path, default=None, help=SHIPPED_HELP)
     command.add_argument("--device", default=None)

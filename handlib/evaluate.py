@@ -173,3 +173,106 @@ def benchmark(profile: str = "full", names: list[str] | None = None, device=None
             print(f"no {profile} checkpoint: {', '.join(missing)}; train with `python -m handlib train NAME`")
     return rows
 
+
+
+# --------------------------------------------------------------------------------------------
+# The real samples (data/samples), next to two baselines that use no image
+# --------------------------------------------------------------------------------------------
+
+REAL_COLUMNS = {"method": "method", "dataset": "real samples", "num_samples": "samples", "epe_2d_px": "2D EPE (px)",
+                "epe_2d_percent": "2D EPE (% of crop)", "num_3d": "with 3D", "epe_procrustes_mm": "PA EPE (mm)"}
+BASELINES = ("crop centre", "mean training pose")
+
+
+def real_sample_sets(image_size: int) -> dict:
+    """The repository's real samples as right hands, grouped by dataset.
+
+    Left hands are mirrored (``mirror_sample``): the course's methods model right hands, and a
+    mirror changes no error.
+
+    Returns:
+        {dataset name: a list of sample dicts of ``image_size`` px crops}.
+    """
+    from handlib.data.datasets import mirror_sample
+    from handlib.data.samples import real_samples
+
+    sets = {}
+    for item in real_samples(size=image_size):
+        sample = item["sample"] if item["sample"]["is_right"] > 0.5 else mirror_sample(item["sample"])
+        sets.setdefault(item["dataset"], []).append(sample)
+    return sets
+
+
+def image_free_baselines(count: int, image_size: int, train_set: Dataset) -> dict:
+    """The two floors a method must beat, for ``count`` samples (no image is looked at).
+
+    * "crop centre": every keypoint at the centre of the crop; no 3D.
+    * "mean training pose": the training set's mean 2D keypoints (pixels of its crops) and mean
+      root-relative 3D pose (metres).
+
+    Args:
+        count: number of predictions.
+        image_size: side of the crops, pixels.
+        train_set: the synthetic training set whose mean is taken (crops of ``image_size`` px).
+
+    Returns:
+        {baseline name: ``Prediction`` of ``count`` samples}.
+    """
+    batch = default_collate([train_set[i] for i in range(len(train_set))])
+    mean_2d = torch.nan_to_num(batch["keypoints_2d"]).mean(0)                               # (21, 2)
+    relative = batch["keypoints_3d"] - batch["keypoints_3d"][:, :1]
+    mean_3d = torch.nan_to_num(relative[batch["has_3d"]]).mean(0)                            # (21, 3)
+    centre = torch.full((count, 21, 2), image_size / 2.0)
+    return {"crop centre": Prediction(keypoints_2d=centre),
+            "mean training pose": Prediction(keypoints_2d=mean_2d.expand(count, -1, -1).clone(),
+                                             keypoints_3d=mean_3d.expand(count, -1, -1).clone())}
+
+
+def _real_row(name: str, dataset: str, prediction: Prediction, targets: dict, image_size: int) -> dict:
+    row = score(prediction, targets, alignment="procrustes")
+    return {"method": name, "dataset": dataset, "num_samples": row["num_samples"], "epe_2d_px": row["epe_2d_px"],
+            "epe_2d_percent": 100.0 * row["epe_2d_px"] / image_size, "num_3d": int(targets["has_3d"].sum()),
+            "epe_procrustes_mm": row.get("epe_procrustes_mm")}
+
+
+def real_benchmark(names: list[str] | None = None, profile: str = "full", device=None, run_dir=None,
+                   baseline_samples: int = 2048, verbose: bool = False) -> list[dict]:
+    """Every method with a checkpoint on the repository's real samples, dataset by dataset, next to
+    the image-free baselines (``image_free_baselines``), with the same metric code as the synthetic
+    test set: 2D EPE in pixels of the crop and in % of its side (the crop is the hand's box with a
+    margin), and the Procrustes-aligned 3D EPE where a sample has 3D.
+
+    Args:
+        names: "method" or "method:variant" names; None = every registered one.
+        profile, device, run_dir: which checkpoints (default: the shipped ``full`` ones).
+        baseline_samples: synthetic training samples the mean pose is taken over.
+        verbose: print the table.
+
+    Returns:
+        list of dicts with the keys of ``REAL_COLUMNS``.
+    """
+    from handlib.checkpoints import find_checkpoint, load_model
+    from handlib.methods import synthetic_training_set
+    from handlib.registry import available_names
+
+    models = []
+    for name in names or available_names():
+        try:
+            models.append((name, *load_model(name, profile, find_checkpoint(name, profile, run_dir), device)))
+        except FileNotFoundError:
+            continue
+    sizes = {config.image_size for _, _, _, config in models} or {128}
+    rows = []
+    for image_size in sorted(sizes):
+        train_set = synthetic_training_set(baseline_samples, 0, image_size)
+        for dataset, samples in real_sample_sets(image_size).items():
+            targets = {key: torch.stack([sample[key] for sample in samples]) for key in TARGET_KEYS}
+            for name, prediction in image_free_baselines(len(samples), image_size, train_set).items():
+                rows.append(_real_row(name, dataset, prediction, targets, image_size))
+            for name, method, model, config in models:
+                if config.image_size == image_size:
+                    prediction, _ = predict_dataset(method, model, config, samples, device)
+                    rows.append(_real_row(name, dataset, prediction, targets, image_size))
+    if verbose:
+        print(format_table(rows, REAL_COLUMNS))
+    return rows
