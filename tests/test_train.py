@@ -88,7 +88,8 @@ def tiny_stages(config, loss=tiny_loss):
     stages = [Stage("images", Schedule(config.steps, config.batch_size, config.lr, config.milestones,
                                        checkpoint_every=config.checkpoint_every), data, loss)]
     if config.pretrain_steps:
-        pretrain = Schedule(config.pretrain_steps, config.batch_size, config.lr, checkpoint_every=config.checkpoint_every)
+        pretrain = Schedule(config.pretrain_steps, config.batch_size, config.lr,
+                            checkpoint_every=config.checkpoint_every)
         stages.insert(0, Stage("pretrain", pretrain, data, loss, parameters=lambda model: model.linear.parameters()))
     return stages
 
