@@ -171,8 +171,8 @@ class _Run:
 
 
 def _train_stage(state: _Run, stage: Stage, index: int, stop_at: int | None, deadline: float | None,
-                 progress: bool) -> bool:
-    """Train one stage from where ``state`` stands; True when the stage reached its last step."""
+                 progress: bool) -> tuple[bool, bool]:
+    """Train one stage from where ``state`` stands: (the stage reached its last step, the time ran out)."""
     schedule, seed = stage.schedule, state.run.seed
     parameters = list(stage.parameters(state.model) if stage.parameters else state.model.parameters())
     optimizer = torch.optim.Adam(parameters, lr=schedule.lr, weight_decay=schedule.weight_decay)
@@ -188,6 +188,7 @@ def _train_stage(state: _Run, stage: Stage, index: int, stop_at: int | None, dea
     bar = tqdm(total=schedule.steps, initial=start, desc=f"{state.run.name} ({state.run.profile}): {stage.name}",
                disable=not progress, dynamic_ncols=True)
     state.model.train()
+    out_of_time = False
     try:
         for step in range(start, stop):
             indices = batch_indices(step, schedule.batch_size, len(dataset), seed * 131 + index)
@@ -216,7 +217,7 @@ def _train_stage(state: _Run, stage: Stage, index: int, stop_at: int | None, dea
     finally:
         bar.close()
     state.optimizer_state = None
-    return state.position["step"] >= schedule.steps
+    return state.position["step"] >= schedule.steps, out_of_time
 
 
 def train(method, variant: str | None = None, profile: str | None = None, seed: int = 0, device=None,
@@ -251,10 +252,12 @@ def train(method, variant: str | None = None, profile: str | None = None, seed: 
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []), \
             _cudnn_autotune(device):
         state = _Run(method, run, device, path, resume)
-        for index, stage in enumerate(method.stages(run.config)):
+        stages = method.stages(run.config)
+        for index, stage in enumerate(stages):
             if state.finished or index < state.position["index"]:
                 continue
-            if not _train_stage(state, stage, index, stop_at, deadline, progress):
+            complete, out_of_time = _train_stage(state, stage, index, stop_at, deadline, progress)
+            if not complete or (out_of_time and index + 1 < len(stages)):   # the next stage waits for a resume
                 break
         else:
             if not state.finished:
