@@ -20,9 +20,9 @@ import torch
 from PIL import Image, ImageFile
 from torch import nn
 
-import handlib.files
 import handlib.predict
 from handlib.__main__ import main
+from handlib.data.samples import SAMPLES_DIR
 from handlib.geometry import project_points, solve_translation
 from handlib.images import (
     ImageError,
@@ -517,11 +517,9 @@ def test_predict_files_takes_a_loader_and_hands_per_image(tmp_path):
         predict_files("fake", paths, hand="both", loader=fake_loader(method, model, config))
 
 
-SAMPLES = Path(handlib.files.DATA_DIR) / "samples"
+SAMPLES = SAMPLES_DIR
 
 
-@pytest.mark.skipif(not (SAMPLES / "panoptic" / "005880453_01_l.jpg").is_file(),
-                    reason=f"the real samples are not in {SAMPLES} yet")
 def test_real_samples_end_to_end(tmp_path):
     method, model, config = make_method(64)
     paths = [SAMPLES / "freihand" / "00000355.jpg", SAMPLES / "panoptic" / "005880453_01_l.jpg"]
@@ -537,3 +535,29 @@ def test_real_samples_end_to_end(tmp_path):
         assert (overlays / f"{path.stem}_overlay.png").is_file()
     left_crop = square_crop_resize(read_image(paths[1]).flip(-1), 64)[0]
     assert torch.equal(model.batches[-1]["image"][1], left_crop)               # the model saw the mirrored left hand
+
+
+def test_the_shipped_method_predicts_real_photos_from_the_command_line(tmp_path, capsys):
+    """The real thing: the shipped Zimmermann & Brox checkpoint on three real photos (a left hand among
+    them) and one broken file, through ``python -m handlib predict``."""
+    photos = [SAMPLES / "freihand" / "00000355.jpg", SAMPLES / "panoptic" / "005880453_01_l.jpg",
+              SAMPLES / "interhand2.6m" / "image2017.jpg"]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(photos[0].read_bytes()[:2000])
+    out = tmp_path / "pred.json"
+    code = main(["predict", "zimmermann2017", str(photos[0]), str(broken), "--hand", "right", "--out", str(out),
+                 "--intrinsics", "500", "500", "112", "112", "--device", "cpu"])
+    assert code == 1 and "broken.jpg" in capsys.readouterr().err
+    good, bad = json.loads(out.read_text())
+    assert "error" in bad and bad["image"] == str(broken)
+    assert good["frame"] == "camera" and np.array(good["keypoints_3d"])[:, 2].min() > 0   # in front of the camera
+    out_left = tmp_path / "left.json"
+    assert main(["predict", "zimmermann2017:direct", str(photos[1]), "--hand", "left", "--out", str(out_left),
+                 "--overlay", str(tmp_path / "overlays"), "--device", "cpu"]) == 0
+    (entry,) = json.loads(out_left.read_text())
+    width, height = Image.open(photos[1]).size
+    keypoints_2d, keypoints_3d = np.array(entry["keypoints_2d"]), np.array(entry["keypoints_3d"])
+    assert keypoints_2d.shape == (21, 2) and keypoints_3d.shape == (21, 3) and entry["frame"] == "root_relative"
+    assert ((keypoints_2d >= 0) & (keypoints_2d <= (width, height))).all()
+    assert np.allclose(keypoints_3d[0], 0.0) and 0.05 < np.linalg.norm(keypoints_3d, axis=1).max() < 0.4   # metres
+    assert (tmp_path / "overlays" / f"{photos[1].stem}_overlay.png").is_file()

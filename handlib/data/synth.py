@@ -863,7 +863,7 @@ def cached_test_set(num_samples: int, seed: int = DEFAULT_TEST_SEED, image_size:
 
     Args:
         num_samples: number of samples (each method's profile says how many it is evaluated on:
-            ``handlib.train.TrainingProfile.test_samples``).
+            the ``test_samples`` of its config, ``handlib.methods``).
         seed: ``DEFAULT_TEST_SEED`` for the course's fixed test set.
         image_size, cache_dir, progress, config, on_corrupt, render_block, chunk_size, workers: as in
             ``cached_set``.

@@ -287,48 +287,6 @@ class PosePrior(nn.Module):
     axis-angle u (3 numbers) whose Rodrigues rotation is V.
     """
 
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        size = config.score_map_size
-        self.canonical_stream = ScoreMapStream(config.prior_widths, config.prior_hidden, NUM_KEYPOINTS * 3, 0.2, size)
-        self.viewpoint_stream = ScoreMapStream(config.view_widths, config.view_hidden, 3, 0.25, size)
-
-    def forward(self, score_maps: torch.Tensor, is_right: torch.Tensor) -> dict:
-        """score maps (B, 21, s, s), is_right (B,) -> dict.
-
-        The canonical stream predicts w_c (B, 21, 3); the viewpoint stream an axis-angle u (B, 3)
-        whose rotation (Rodrigues) is the viewpoint V = R^T, so w_rel = V unmirror(w_c).
-
-        Returns:
-            {"canonical": (B, 21, 3), "viewpoint": (B, 3, 3), "keypoints_3d": (B, 21, 3)
-            root-relative, normalised}.
-        """
-        canonical = self.canonical_stream(score_maps, is_right).reshape(-1, NUM_KEYPOINTS, 3)
-        viewpoint = axis_angle_to_matrix(self.viewpoint_stream(score_maps, is_right))    # (B, 3, 3)
-        relative = from_canonical_frame(canonical, viewpoint.transpose(1, 2), is_right)
-        return {"canonical": canonical, "viewpoint": viewpoint, "keypoints_3d": relative}
-
-
-class DirectLifting(nn.Module):
-    """The ablation: one stream regresses the normalised, root-relative w_rel (B, 21, 3) directly."""
-
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.stream = ScoreMapStream(config.prior_widths, config.prior_hidden, NUM_KEYPOINTS * 3, 0.2,
-                                     config.score_map_size)
-
-    def forward(self, score_maps: torch.Tensor, is_right: torch.Tensor) -> dict:
-        """score maps (B, 21, s, s), is_right (B,) -> {"keypoints_3d": (B, 21, 3)}."""
-        return {"keypoints_3d": self.stream(score_maps, is_right).reshape(-1, NUM_KEYPOINTS, 3)}
-
-
-class PosePrior(nn.Module):
-    """The paper's lifting: canonical coordinates w_c and a viewpoint V, with w_rel = V w_c.
-
-    Two ``ScoreMapStream``s on the same score maps: one predicts w_c (63 numbers), the other an
-    axis-angle u (3 numbers) whose Rodrigues rotation is V.
-    """
-
     def __init__(self, config: Zimmermann2017Config):
         super().__init__()
         size = config.score_map_size
