@@ -277,6 +277,37 @@ def full_name(method: str, variant: str | None) -> str:
 # The course's synthetic data (what every image method trains and is tested on)
 # --------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class ImageTraining:
+    """The fields every image method's config shares: its data and its schedule. A method's config
+    inherits them and adds its own (model sizes, loss weights, ...).
+
+    Attributes:
+        image_size: side of the square input crops, pixels.
+        train_samples: size of the cached synthetic training set (read epoch after epoch).
+        test_samples: size of the fixed synthetic test set.
+        steps, batch_size, lr, milestones, checkpoint_every: the image stage's ``Schedule``.
+    """
+    image_size: int = 128
+    train_samples: int = 2048
+    test_samples: int = 256
+    steps: int = 200
+    batch_size: int = 16
+    lr: float = 1e-3
+    milestones: tuple = ()
+    checkpoint_every: int = 100
+
+    def schedule(self) -> Schedule:
+        return Schedule(self.steps, self.batch_size, self.lr, self.milestones, checkpoint_every=self.checkpoint_every)
+
+
+def image_stage(config: ImageTraining, loss, name: str = "images") -> Stage:
+    """A stage that trains on the course's synthetic images: ``config.train_samples`` crops of
+    ``config.image_size`` px, on ``config.schedule()``, minimising ``loss``."""
+    return Stage(name, config.schedule(),
+                 lambda seed: synthetic_training_set(config.train_samples, seed, config.image_size), loss)
+
+
 def synthetic_training_set(num_samples: int, seed: int, image_size: int) -> Dataset:
     """The course's synthetic training hands, rendered once on every CPU core and cached on disk
     under ``CACHE_DIR`` (``synth.cached_set``); sample i of (seed, "train") is always the same.

@@ -27,8 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from handlib.data.heatmaps import gaussian_heatmaps, heatmap_argmax
-from handlib.methods import (LossContext, Method, Prediction, Schedule, Stage, synthetic_test_set,
-                             synthetic_training_set)
+from handlib.methods import ImageTraining, LossContext, Method, Prediction, Stage, image_stage, synthetic_test_set
 from handlib.render.camera import check_image_size
 from handlib.skeleton import NUM_KEYPOINTS
 
@@ -405,26 +404,16 @@ def load_pretrained(encoder: HandEncoder) -> HandEncoder:
 
 
 @dataclass(frozen=True)
-class BackboneConfig:
-    """One run of the backbone's pre-training.
+class BackboneConfig(ImageTraining):
+    """One run of the backbone's pre-training (data and schedule: ``methods.ImageTraining``).
 
     Attributes:
         encoder, width: the architecture (``ENCODERS``; the shipped one: ``ENCODER``, ``ENCODER_WIDTH``).
-        image_size: side of the training crops, pixels.
-        train_samples, test_samples: sizes of the cached synthetic training set and of the fixed test set.
-        steps, batch_size, lr, milestones, checkpoint_every: the schedule (``methods.Schedule``).
         mask_weight: weight of the mask loss beside the score-map loss.
     """
     encoder: str = ENCODER
     width: float = ENCODER_WIDTH
-    image_size: int = 128
-    train_samples: int = 2048
-    test_samples: int = 256
-    steps: int = 200
-    batch_size: int = 16
     lr: float = 2e-3
-    milestones: tuple = ()
-    checkpoint_every: int = 100
     mask_weight: float = 1.0
 
 
@@ -450,10 +439,7 @@ def backbone_loss(model: Backbone, batch: dict, context: LossContext) -> tuple[t
 
 
 def backbone_stages(config: BackboneConfig) -> list[Stage]:
-    schedule = Schedule(config.steps, config.batch_size, config.lr, config.milestones,
-                        checkpoint_every=config.checkpoint_every)
-    return [Stage("keypoints_and_mask", schedule,
-                  lambda seed: synthetic_training_set(config.train_samples, seed, config.image_size), backbone_loss)]
+    return [image_stage(config, backbone_loss, "keypoints_and_mask")]
 
 
 @torch.no_grad()
@@ -469,7 +455,7 @@ def backbone_predict(model: Backbone, batch: dict, config: BackboneConfig) -> Pr
 METHOD = Method(
     name="backbone",
     description="the shared image encoder: 2D score maps and a hand mask, pre-trained on synthetic hands",
-    configs={"quick": BackboneConfig(),
+    configs={"quick": BackboneConfig(checkpoint_every=100),
              # About 40 minutes on a 2-core CPU (0.9 s a step): 3 passes over 24 576 rendered hands.
              "full": BackboneConfig(train_samples=24_576, test_samples=512, steps=2400, batch_size=32,
                                     lr=2e-3, milestones=(1800,), checkpoint_every=200)},

@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from handlib.geometry import axis_angle_to_matrix
-from handlib.methods import (LossContext, Method, Prediction, Schedule, Stage, Variant, synthetic_test_set,
-                             synthetic_training_set)
+from handlib.methods import (ImageTraining, LossContext, Method, Prediction, Stage, Variant, image_stage,
+                             synthetic_test_set)
 from handlib.models import backbone
 from handlib.models.backbone import (conv_bn_relu, keypoints_from_score_maps, score_map_loss, score_map_size,
                                      score_map_targets)
@@ -180,7 +180,7 @@ def normalized_keypoints(keypoints_3d: torch.Tensor, eps: float = 1e-8) -> torch
 # --------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Zimmermann2017Config:
+class Zimmermann2017Config(ImageTraining):
     """One run of Zimmermann & Brox on the course's platform (the paper's values in brackets).
 
     Attributes:
@@ -194,9 +194,9 @@ class Zimmermann2017Config:
         prior_widths: PosePrior canonical stream widths, each twice (stride 1, 2) [32, 64, 128].
         prior_hidden: canonical stream fully connected sizes [512, 512].
         view_widths, view_hidden: the viewpoint stream's [64, 128, 256], [256, 128].
-        image_size: side of the input crops, pixels [256]; score maps are a quarter of it [32].
-        train_samples, test_samples: sizes of the synthetic training set and the fixed test set.
-        steps, batch_size, lr, milestones, checkpoint_every: the schedule [Adam, 1e-5 to 1e-4, days].
+
+    Data and schedule (``methods.ImageTraining``): 128 px crops [256], score maps a quarter of them
+    [32]; Adam at 1e-3 [1e-5 to 1e-4, for days].
     """
     encoder: str = backbone.ENCODER
     encoder_width: float = backbone.ENCODER_WIDTH
@@ -210,14 +210,6 @@ class Zimmermann2017Config:
     prior_hidden: tuple = (256, 256)
     view_widths: tuple = (16, 32, 64)
     view_hidden: tuple = (128, 64)
-    image_size: int = 128
-    train_samples: int = 2048
-    test_samples: int = 256
-    steps: int = 300
-    batch_size: int = 16
-    lr: float = 1e-3
-    milestones: tuple = ()
-    checkpoint_every: int = 100
 
     def __post_init__(self):
         if self.lifting not in ("canonical", "direct"):
@@ -507,16 +499,12 @@ def _initialize(model: Zimmermann2017, config: Zimmermann2017Config) -> None:
 
 
 def _stages(config: Zimmermann2017Config) -> list[Stage]:
-    schedule = Schedule(config.steps, config.batch_size, config.lr, config.milestones,
-                        checkpoint_every=config.checkpoint_every)
-    return [Stage("images", schedule,
-                  lambda seed: synthetic_training_set(config.train_samples, seed, config.image_size),
-                  zimmermann2017_loss)]
+    return [image_stage(config, zimmermann2017_loss)]
 
 
 CONFIGS = {
     # Live in the notebook and in CI: a few minutes on a laptop CPU, from the shipped backbone.
-    "quick": Zimmermann2017Config(steps=200),
+    "quick": Zimmermann2017Config(),
     # What ships: about 45 minutes on one core of a 2-core CPU (1.3 s a step), from the shipped backbone.
     "full": Zimmermann2017Config(train_samples=24_576, test_samples=512, steps=2000, batch_size=16,
                                  lr=1e-3, milestones=(1500,), checkpoint_every=200),
