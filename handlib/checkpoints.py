@@ -153,9 +153,16 @@ def device_name(device: torch.device) -> str:
     return str(device)
 
 
+def command_line() -> str:
+    """The command that is running, as a user would type it (``python -m handlib ...`` for the CLI)."""
+    program = Path(sys.argv[0])
+    first = "python -m handlib" if program.name == "__main__.py" and program.parent.name == "handlib" else sys.argv[0]
+    return " ".join([first, *sys.argv[1:]])
+
+
 def provenance(run: dict, device: torch.device, wall_time_s: float) -> dict:
     """How a checkpoint was made: command, profile, seed, device, wall time, torch version, date."""
-    return {"command": " ".join(sys.argv), "profile": run["profile"], "seed": run["seed"], "device": str(device),
+    return {"command": command_line(), "profile": run["profile"], "seed": run["seed"], "device": str(device),
             "device_name": device_name(device), "wall_time_s": float(wall_time_s),
             "torch": str(torch.__version__), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
