@@ -42,8 +42,8 @@ from torch.utils.data import default_collate
 from handlib import checkpoints
 from handlib.methods import LossContext
 from handlib.registry import config_from_dict, get_method
-from handlib.runtime import get_device
-from handlib.train import batch_indices, step_seed, to_device, train
+from handlib.runtime import get_device, to_device
+from handlib.train import batch_indices, step_seed, train
 
 
 def parse_setting(text: str) -> tuple[str, object]:

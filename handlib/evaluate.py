@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from handlib import metrics
 from handlib.methods import Method, Prediction
-from handlib.runtime import get_device
+from handlib.runtime import get_device, to_device
 
 TARGET_KEYS = ("keypoints_2d", "keypoints_3d", "visibility", "has_3d", "pose", "betas", "has_mano")
 
@@ -46,8 +46,7 @@ def predict_dataset(method: Method, model: nn.Module, config, dataset: Dataset, 
     model.eval()
     predictions, targets = [], {key: [] for key in TARGET_KEYS}
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=default_collate):
-        inputs = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
-        predictions.append(predict(model, inputs, config).detach("cpu"))
+        predictions.append(predict(model, to_device(batch, device), config).detach("cpu"))
         for key in TARGET_KEYS:
             targets[key].append(batch[key])
     return Prediction.concatenate(predictions), {key: torch.cat(values) for key, values in targets.items()}
@@ -266,7 +265,7 @@ def real_benchmark(names: list[str] | None = None, profile: str = "full", device
     for image_size in sorted(sizes):
         train_set = synthetic_training_set(baseline_samples, 0, image_size)
         for dataset, samples in real_sample_sets(image_size).items():
-            targets = {key: torch.stack([sample[key] for sample in samples]) for key in TARGET_KEYS}
+            targets = default_collate(samples)
             for name, prediction in image_free_baselines(len(samples), image_size, train_set).items():
                 rows.append(_real_row(name, dataset, prediction, targets, image_size))
             for name, method, model, config in models:

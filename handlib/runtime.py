@@ -34,6 +34,12 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Move every tensor of a batch dict to ``device`` (other values stay as they are)."""
+    return {key: value.to(device, non_blocking=True) if torch.is_tensor(value) else value
+            for key, value in batch.items()}
+
+
 def available_cpus() -> int:
     """Number of CPU cores this process may run on (the default count of rendering workers)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -35,7 +35,7 @@ from handlib import checkpoints
 from handlib.evaluate import evaluate_model
 from handlib.methods import LossContext, Method, Stage, full_name
 from handlib.registry import get_method
-from handlib.runtime import get_device, get_profile
+from handlib.runtime import get_device, get_profile, to_device
 
 
 @dataclass(frozen=True)
@@ -107,12 +107,6 @@ def batch_indices(step: int, batch_size: int, num_samples: int, seed: int) -> li
 def step_seed(seed: int, stage_index: int, step: int) -> int:
     """The seed of every random draw of one step."""
     return (seed * 1_000_003 + stage_index) * 10_000_019 + step
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    """Move every tensor of a batch dict to ``device``."""
-    return {key: value.to(device, non_blocking=True) if torch.is_tensor(value) else value
-            for key, value in batch.items()}
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from handlib.models.backbone import (ENCODERS, MaskHead, ResidualBlock, ScoreMapHead, VGGEncoder, build_encoder,
+from handlib.models.backbone import (ENCODERS, MaskHead, ResidualBlock, ScoreMapHead, build_encoder,
                                      conv_bn_relu, scaled)
 
 ROOT = Path(__file__).resolve().parents[1]

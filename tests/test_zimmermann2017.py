@@ -255,7 +255,7 @@ def test_the_ablation_variants_share_their_2d_networks():
 def test_loss_and_prediction_stay_on_the_batch_device(lifting):
     """Nothing is made on the CPU behind the batch's back (a GPU run would stop there): on PyTorch's
     "meta" device, which holds shapes and no data, any tensor made elsewhere is a device mismatch."""
-    from handlib.train import to_device
+    from handlib.runtime import to_device
 
     meta = torch.device("meta")
     model = build(lifting).to(meta)
