@@ -234,6 +234,17 @@ def _real_row(name: str, dataset: str, prediction: Prediction, targets: dict, im
             "epe_procrustes_mm": row.get("epe_procrustes_mm")}
 
 
+def score_real_samples(name: str, method: Method, model: nn.Module, config, dataset: str, samples: list,
+                       device=None) -> dict:
+    """One row of the real-sample table: ``model`` on ``samples`` (one dataset of ``real_sample_sets``).
+
+    Returns:
+        dict with the keys of ``REAL_COLUMNS``.
+    """
+    prediction, _ = predict_dataset(method, model, config, samples, device)
+    return _real_row(name, dataset, prediction, default_collate(samples), config.image_size)
+
+
 def real_benchmark(names: list[str] | None = None, profile: str = "full", device=None, run_dir=None,
                    baseline_samples: int = 2048, verbose: bool = False) -> list[dict]:
     """Every method with a checkpoint on the repository's real samples, dataset by dataset, next to
@@ -270,8 +281,7 @@ def real_benchmark(names: list[str] | None = None, profile: str = "full", device
                 rows.append(_real_row(name, dataset, prediction, targets, image_size))
             for name, method, model, config in models:
                 if config.image_size == image_size:
-                    prediction, _ = predict_dataset(method, model, config, samples, device)
-                    rows.append(_real_row(name, dataset, prediction, targets, image_size))
+                    rows.append(score_real_samples(name, method, model, config, dataset, samples, device))
     if verbose:
         print(format_table(rows, REAL_COLUMNS))
     return rows

@@ -178,12 +178,15 @@ class Stage:
         loss: ``(model, batch, context) -> (total, terms)``: a scalar tensor to minimise and a dict of
             named floats (or 0-d tensors) for the progress bar and the history.
         parameters: ``model -> iterable of parameters`` this stage trains; None = all of them.
+        augment: ``(batch, generator) -> batch``, applied to every batch before the loss with the
+            step's seeded generator (e.g. camera effects drawn anew over cached renders); None = none.
     """
     name: str
     schedule: Schedule
     data: Callable[[int], Dataset]
     loss: Callable[[nn.Module, dict, LossContext], tuple]
     parameters: Callable[[nn.Module], Any] | None = None
+    augment: Callable[[dict, torch.Generator], dict] | None = None
 
 
 @dataclass(frozen=True)
@@ -287,6 +290,9 @@ class ImageTraining:
         train_samples: size of the cached synthetic training set (read epoch after epoch).
         test_samples: size of the fixed synthetic test set.
         steps, batch_size, lr, milestones, checkpoint_every: the image stage's ``Schedule``.
+        camera_effects: draw camera effects (``handlib.data.augment``) over every training batch.
+        synth_knobs: ((knob, value), ...) changes of the synthetic engine's defaults for the training
+            set (``handlib.data.synth.SynthConfig``), e.g. (("forearm", 0.0),) to train without forearms.
     """
     image_size: int = 128
     train_samples: int = 2048
@@ -296,26 +302,46 @@ class ImageTraining:
     lr: float = 1e-3
     milestones: tuple = ()
     checkpoint_every: int = 100
+    camera_effects: bool = True
+    synth_knobs: tuple = ()
 
     def schedule(self) -> Schedule:
         return Schedule(self.steps, self.batch_size, self.lr, self.milestones, checkpoint_every=self.checkpoint_every)
+
+    def synth_config(self) -> synth.SynthConfig:
+        """The synthetic engine's knobs for the training set: ``image_size`` and ``synth_knobs``."""
+        return synth.make_config(image_size=self.image_size, **dict(self.synth_knobs))
 
 
 def image_stage(config: ImageTraining, loss, name: str = "images") -> Stage:
     """A stage that trains on the course's synthetic images: ``config.train_samples`` crops of
     ``config.image_size`` px, on ``config.schedule()``, minimising ``loss``."""
     return Stage(name, config.schedule(),
-                 lambda seed: synthetic_training_set(config.train_samples, seed, config.image_size), loss)
+                 lambda seed: synthetic_training_set(config.train_samples, seed, config.image_size,
+                                                     config.synth_config()),
+                 loss, augment=with_camera_effects if config.camera_effects else None)
 
 
-def synthetic_training_set(num_samples: int, seed: int, image_size: int) -> Dataset:
+def with_camera_effects(batch: dict, generator: torch.Generator) -> dict:
+    """The batch with camera effects drawn over its images (``handlib.data.augment``)."""
+    from handlib.data.augment import camera_effects
+
+    return {**batch, "image": camera_effects(batch["image"], generator)}
+
+
+def synthetic_training_set(num_samples: int, seed: int, image_size: int,
+                           config: synth.SynthConfig | None = None) -> Dataset:
     """The course's synthetic training hands, rendered once on every CPU core and cached on disk
     under ``CACHE_DIR`` (``synth.cached_set``); sample i of (seed, "train") is always the same.
+
+    Args:
+        config: the engine's knobs (default: its defaults at ``image_size``).
 
     Returns:
         a Dataset of sample dicts (``handlib.data.sample.SAMPLE_KEYS``), (3, S, S) images.
     """
-    return synth.cached_set("train", num_samples, seed=seed, image_size=image_size, cache_dir=CACHE_DIR)
+    return synth.cached_set("train", num_samples, seed=seed, image_size=image_size, cache_dir=CACHE_DIR,
+                            config=config)
 
 
 def synthetic_test_set(config, num_samples: int | None = None) -> Dataset:

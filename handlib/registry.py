@@ -48,5 +48,10 @@ def config_from_dict(method: Method, profile: str, values: dict):
     if unknown:
         raise ValueError(f"config: {type(config).__name__} has no fields {sorted(unknown)}; the checkpoint was made "
                          "by another version of the method")
-    typed = {key: tuple(value) if isinstance(getattr(config, key), tuple) else value for key, value in values.items()}
+    typed = {key: _tuples(value) if isinstance(getattr(config, key), tuple) else value for key, value in values.items()}
     return dataclasses.replace(config, **typed)
+
+
+def _tuples(value):
+    """JSON's lists back to the config's tuples, at every depth (e.g. ``synth_knobs``)."""
+    return tuple(_tuples(item) if isinstance(item, list) else item for item in value)

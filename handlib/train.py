@@ -8,7 +8,7 @@ batches from its own data, minimises its own loss with Adam on its schedule::
 
     for stage in method.stages(config):
         for step in range(stage.schedule.steps):
-            batch = the samples batch_indices(step, ...) of stage.data(seed)
+            batch = the samples batch_indices(step, ...) of stage.data(seed), stage.augment-ed
             total, terms = stage.loss(model, batch, LossContext(step, generator, stage.name))
             total.backward(); optimizer.step(); scheduler.step()
 
@@ -188,6 +188,8 @@ def _train_stage(state: _Run, stage: Stage, index: int, stop_at: int | None, dea
             indices = batch_indices(step, schedule.batch_size, len(dataset), seed * 131 + index)
             batch = to_device(default_collate([dataset[i] for i in indices]), state.device)
             with _seeded_step(step_seed(seed, index, step), state.device) as generator:
+                if stage.augment is not None:
+                    batch = stage.augment(batch, generator)
                 total, terms = stage.loss(state.model, batch, LossContext(step, generator, stage.name))
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()

@@ -85,3 +85,24 @@ def test_benchmark_prints_a_table(capsys):
         assert row["params"] > row["encoder_params"] > 0 and row["gflop"] > 0 and row["train"] > 0
     # The work of one 3 x 3 convolution, 3 -> 8 channels on 16 x 16: 2 x 16 * 16 * 8 * 3 * 9 FLOP.
     assert bench.forward_gflop(torch.nn.Conv2d(3, 8, 3, padding=1), 16) == pytest.approx(2 * 16 * 16 * 8 * 3 * 9 / 1e9)
+
+
+def test_the_coordinate_loss_is_small_on_the_true_maps_and_grows_with_the_peaks_offset():
+    from handlib.models.backbone import coordinate_loss, score_map_targets
+
+    generator = torch.Generator().manual_seed(0)
+    keypoints = 24 + 80 * torch.rand(2, 21, 2, generator=generator)                # px of a 128 px image
+    visible = torch.ones(2, 21)
+    losses = [coordinate_loss(score_map_targets(keypoints + shift, visible, 128), keypoints, visible, 128).item()
+              for shift in (0.0, 4.0, 16.0)]
+    assert losses[0] < 0.01 < losses[1] < losses[2]                                # fractions of the image side
+    maps = score_map_targets(keypoints + 8.0, visible, 128).requires_grad_()
+    coordinate_loss(maps, keypoints, visible, 128).backward()
+    assert maps.grad.abs().sum() > 0
+    # Invisible keypoints do not count.
+    hidden = visible.clone()
+    hidden[:, :10] = 0
+    wrong = keypoints.clone()
+    wrong[:, :10] += 30.0
+    maps = score_map_targets(keypoints, visible, 128)
+    assert coordinate_loss(maps, wrong, hidden, 128) == pytest.approx(coordinate_loss(maps, keypoints, hidden, 128))

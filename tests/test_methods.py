@@ -167,6 +167,18 @@ def test_a_config_survives_the_round_trip_through_a_checkpoint():
         registry.config_from_dict(method, "quick", {**stored, "depth": 3})
 
 
+def test_synthetic_knobs_of_a_config_survive_the_checkpoint_and_reach_the_engine():
+    from handlib.models.backbone import METHOD as BACKBONE
+
+    config = BACKBONE.config("quick", synth_knobs=(("occlusion", 0.0), ("distance", (0.4, 0.5))))
+    restored = registry.config_from_dict(BACKBONE, "quick", json.loads(json.dumps(dataclasses.asdict(config))))
+    assert restored == config
+    engine = restored.synth_config()
+    assert engine.occlusion == 0.0 and engine.distance == (0.4, 0.5) and engine.image_size == config.image_size
+    with pytest.raises(ValueError, match="unknown synthetic-data knob"):
+        BACKBONE.config("quick", synth_knobs=(("fog", 1.0),)).synth_config()
+
+
 # ---------------------------------------------------------------- scoring
 
 def targets_of(samples):

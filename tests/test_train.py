@@ -281,6 +281,24 @@ def test_every_random_draw_depends_on_seed_stage_and_step_and_nothing_global_cha
     assert len({tuple(global_draw) for *_, global_draw in draws[:9]}) == 9
 
 
+def test_a_stage_augments_each_batch_with_the_steps_generator_before_the_loss(tmp_path):
+    seen = []
+
+    def darker(batch, generator):
+        seen.append(torch.rand(1, generator=generator).item())
+        return {**batch, "image": batch["image"] * 0.0}
+
+    def checking_loss(model, batch, context):
+        assert batch["image"].abs().max() == 0                                 # the loss gets the augmented batch
+        return tiny_loss(model, batch, context)
+
+    augmented = dataclasses.replace(TINY, stages=lambda config: [
+        dataclasses.replace(stage, augment=darker) for stage in tiny_stages(config, checking_loss)])
+    run(tmp_path, method=augmented, overrides={"steps": 3})
+    assert seen == [torch.rand(1, generator=torch.Generator().manual_seed(training.step_seed(3, 0, step))).item()
+                    for step in range(3)]
+
+
 def test_batches_depend_only_on_their_arguments_and_read_each_epoch_once():
     first = [training.batch_indices(step, 8, 20, seed=1) for step in range(5)]
     assert first == [training.batch_indices(step, 8, 20, seed=1) for step in range(5)]

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from handlib.data.heatmaps import gaussian_heatmaps, heatmap_argmax
+from handlib.data.heatmaps import gaussian_heatmaps, heatmap_argmax, heatmap_soft_argmax
 from handlib.methods import ImageTraining, LossContext, Method, Prediction, Stage, image_stage, synthetic_test_set
 from handlib.render.camera import check_image_size
 from handlib.skeleton import NUM_KEYPOINTS
@@ -342,6 +342,35 @@ def mask_loss(mask_logits: torch.Tensor, mask: torch.Tensor, has_mask: torch.Ten
     return (per_sample * weights).sum() / weights.sum().clamp_min(1.0)
 
 
+# The soft-argmax's sharpness on score maps with values in [0, 1]: the ~1000 background cells of a
+# 32 x 32 map weigh exp(0) each, the ~40 cells of the peak exp(20 x ~0.6); the background pulls less
+# than a tenth of a cell.
+COORDINATE_BETA = 20.0
+
+
+def coordinate_loss(score_maps: torch.Tensor, keypoints_2d: torch.Tensor, weights: torch.Tensor,
+                    image_size) -> torch.Tensor:
+    """Mean |soft-argmax(score map) - keypoint| over visible keypoints, in units of the image side.
+
+    The score-map loss rewards the right shape everywhere on the map, even when the peak is in the
+    wrong place; this term pulls the peak itself towards the keypoint ("integral regression",
+    ``heatmap_soft_argmax`` with ``COORDINATE_BETA``).
+
+    Args:
+        score_maps: (B, 21, h, w).
+        keypoints_2d: (B, 21, 2) pixels.
+        weights: (B, 21) visibility.
+        image_size: (H, W) of the images, or one int.
+
+    Returns:
+        scalar tensor.
+    """
+    height, width = check_image_size(image_size)
+    predicted = heatmap_soft_argmax(score_maps, (height, width), COORDINATE_BETA)          # (B, 21, 2)
+    error = (predicted - torch.nan_to_num(keypoints_2d)).abs().sum(-1) / max(height, width)  # (B, 21)
+    return (weights * error).sum() / weights.sum().clamp_min(1.0)
+
+
 def keypoints_from_score_maps(score_maps: torch.Tensor, image_size) -> torch.Tensor:
     """2D keypoints (B, 21, 2), pixels: the argmax of each map after bilinear upsampling to the image."""
     size = check_image_size(image_size)
@@ -410,11 +439,13 @@ class BackboneConfig(ImageTraining):
     Attributes:
         encoder, width: the architecture (``ENCODERS``; the shipped one: ``ENCODER``, ``ENCODER_WIDTH``).
         mask_weight: weight of the mask loss beside the score-map loss.
+        coordinate_weight: weight of the coordinate loss (``coordinate_loss``) beside it; 0 = none.
     """
     encoder: str = ENCODER
     width: float = ENCODER_WIDTH
     lr: float = 2e-3
     mask_weight: float = 1.0
+    coordinate_weight: float = 0.0
 
 
 class Backbone(nn.Module):
@@ -430,12 +461,18 @@ class Backbone(nn.Module):
 
 
 def backbone_loss(model: Backbone, batch: dict, context: LossContext) -> tuple[torch.Tensor, dict]:
-    """L = score-map loss (visible keypoints) + mask_weight * mask BCE (samples with a mask)."""
+    """L = score-map loss (visible keypoints) + mask_weight * mask BCE (samples with a mask)
+    + coordinate_weight * coordinate loss (visible keypoints)."""
+    config, size = model.config, tuple(batch["image"].shape[-2:])
     out = model(batch["image"])
-    targets = score_map_targets(batch["keypoints_2d"], batch["visibility"], tuple(batch["image"].shape[-2:]))
-    score_maps = score_map_loss(out["score_maps"], targets, batch["visibility"])
-    mask = mask_loss(out["mask_logits"], batch["mask"], batch["has_mask"])
-    return score_maps + model.config.mask_weight * mask, {"score_maps": score_maps, "mask": mask}
+    targets = score_map_targets(batch["keypoints_2d"], batch["visibility"], size)
+    terms = {"score_maps": score_map_loss(out["score_maps"], targets, batch["visibility"]),
+             "mask": mask_loss(out["mask_logits"], batch["mask"], batch["has_mask"])}
+    total = terms["score_maps"] + config.mask_weight * terms["mask"]
+    if config.coordinate_weight > 0:
+        terms["coordinates"] = coordinate_loss(out["score_maps"], batch["keypoints_2d"], batch["visibility"], size)
+        total = total + config.coordinate_weight * terms["coordinates"]
+    return total, terms
 
 
 def backbone_stages(config: BackboneConfig) -> list[Stage]:
