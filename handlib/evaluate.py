@@ -69,10 +69,17 @@ def score(prediction: Prediction, targets: dict, alignment: str = "root") -> dic
         targets: {key: tensor} of the same N samples (``TARGET_KEYS``).
         alignment: how ``keypoints_3d`` is aligned before the headline 3D error (``metrics.ALIGNMENTS``).
 
+    Samples the prediction has no answer for (NaN keypoints: a detector that found no hand, see
+    ``Prediction``) are left out of every number; ``num_answered`` says how many were scored.
+
     Returns:
         dict: ``epe_2d_px``; with 3D keypoints ``epe_3d_mm``, ``median_3d_mm``, ``auc_20_50``,
-        ``epe_procrustes_mm``, ``alignment``; with vertices ``mesh_error_mm``; and ``num_samples``.
+        ``epe_procrustes_mm``, ``alignment``; with vertices ``mesh_error_mm``; ``num_samples`` (all)
+        and ``num_answered`` (scored). With no answered sample the errors are NaN.
     """
+    num_samples, answered = len(prediction), prediction.answered()
+    if not answered.all():
+        prediction, targets = prediction.select(answered), {key: value[answered] for key, value in targets.items()}
     visible = targets["visibility"]
     row = {"epe_2d_px": metrics.mean_epe(metrics.keypoint_errors(prediction.keypoints_2d, targets["keypoints_2d"],
                                                                  visible))}
@@ -86,7 +93,7 @@ def score(prediction: Prediction, targets: dict, alignment: str = "root") -> dic
         true_mesh = mesh_targets(targets["pose"][has_mano], targets["betas"][has_mano])
         aligned = metrics.align_procrustes(prediction.vertices[has_mano], true_mesh)
         row["mesh_error_mm"] = float((aligned - true_mesh.double()).norm(dim=-1).mean() * 1000.0)
-    row["num_samples"] = len(prediction)
+    row["num_samples"], row["num_answered"] = num_samples, len(prediction)
     return row
 
 

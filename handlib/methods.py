@@ -61,6 +61,11 @@ class Prediction:
         mano_betas: (B, 10) MANO shape.
         camera: (B, C) the method's camera parameters (e.g. Boukhayma's weak perspective s, tx, ty).
         extras: anything else a chapter wants to draw (masks, score maps); never scored.
+
+    No answer. A system that can find no hand in an image (a detector such as MediaPipe Hands,
+    ``handlib.peers``) gives NaN for every keypoint of that image, 2D and 3D: ``answered()`` is
+    False there, and ``handlib.evaluate.score`` scores the answered images only and says how many.
+    A sample is answered whole or not at all: NaN in some of its keypoints only is an error.
     """
     keypoints_2d: torch.Tensor
     keypoints_3d: torch.Tensor | None = None
@@ -88,9 +93,40 @@ class Prediction:
                                  f"got {shape}")
         if self.frame not in FRAMES:
             raise ValueError(f"Prediction.frame: expected one of {FRAMES}, got {self.frame!r}")
+        if batch is not None and not self.keypoints_2d.is_meta:         # meta tensors hold no values to check
+            self._check_unanswered()
+
+    def _check_unanswered(self) -> None:
+        """NaN keypoints mark a sample without an answer: all of its 2D and 3D keypoints, or none."""
+        missing = [torch.isnan(value).flatten(1) for value in (self.keypoints_2d, self.keypoints_3d)
+                   if value is not None]                                                  # (B, 42), (B, 63)
+        if not any(m.any() for m in missing):
+            return
+        unanswered = missing[0].all(1)                                                    # (B,)
+        partial = torch.zeros_like(unanswered)
+        for m in missing:
+            partial |= torch.where(unanswered, ~m.all(1), m.any(1))
+        if partial.any():
+            index = int(partial.nonzero()[0])
+            raise ValueError(f"Prediction: sample {index} has NaN in some of its keypoints only; NaN marks a sample "
+                             "without an answer and must fill all of its keypoints_2d and keypoints_3d (a model that "
+                             "outputs NaN has diverged: check its training)")
 
     def __len__(self) -> int:
         return self.keypoints_2d.shape[0]
+
+    def answered(self) -> torch.Tensor:
+        """(B,) bool: the samples the prediction has keypoints for (not NaN; see "No answer")."""
+        return ~torch.isnan(self.keypoints_2d).flatten(1).all(1)
+
+    def select(self, index) -> "Prediction":
+        """The prediction of some samples: ``index`` a (B,) bool mask or integer indices. Tensors in
+        ``extras`` with the batch as first axis are selected too; other extras are kept as they are."""
+        batch = len(self)
+        extras = {key: value[index] if torch.is_tensor(value) and value.ndim and value.shape[0] == batch else value
+                  for key, value in self.extras.items()}
+        return dataclasses.replace(self, **{name: value[index] for name, value in self.tensors().items()},
+                                   extras=extras)
 
     def tensors(self) -> dict:
         """The fields that are present, as {name: tensor} (``extras`` left out)."""

@@ -87,6 +87,31 @@ def test_detach_cuts_the_graph_of_every_tensor_extras_included():
     assert detached.frame == prediction.frame
 
 
+def test_nan_keypoints_mark_a_sample_without_an_answer_and_select_keeps_the_others():
+    nan = float("nan")
+    keypoints_2d, keypoints_3d = keypoints(3, value=1.0), keypoints(3, 3)
+    keypoints_2d[1], keypoints_3d[1] = nan, nan                     # no hand found in image 1
+    prediction = Prediction(keypoints_2d=keypoints_2d, keypoints_3d=keypoints_3d,
+                            extras={"detected": torch.tensor([True, False, True]), "note": "kept"})
+    assert prediction.answered().tolist() == [True, False, True]
+    answered = prediction.select(prediction.answered())
+    assert len(answered) == 2 and not answered.keypoints_2d.isnan().any()
+    assert answered.extras["detected"].tolist() == [True, True] and answered.extras["note"] == "kept"
+
+
+@pytest.mark.parametrize("sample", ["2d", "3d", "3d_of_unanswered"])
+def test_nan_in_some_keypoints_of_a_sample_only_is_refused(sample):
+    keypoints_2d, keypoints_3d = keypoints(2), keypoints(2, 3)
+    if sample == "2d":
+        keypoints_2d[1, 5] = float("nan")                           # one keypoint lost: a bug, not "no answer"
+    elif sample == "3d":
+        keypoints_3d[1, :, 2] = float("nan")
+    else:
+        keypoints_2d[1] = float("nan")                              # no 2D answer, yet a 3D one
+    with pytest.raises(ValueError, match="sample 1 has NaN in some of its keypoints only"):
+        Prediction(keypoints_2d=keypoints_2d, keypoints_3d=keypoints_3d)
+
+
 # ---------------------------------------------------------------- Schedule
 
 def test_the_learning_rate_falls_by_gamma_at_each_milestone():
@@ -234,6 +259,25 @@ def test_samples_without_3d_are_not_scored_in_3d():
     only_2d = targets_of([samples[1]])
     assert "epe_3d_mm" not in evaluate.score(Prediction(keypoints_2d=only_2d["keypoints_2d"],
                                                         keypoints_3d=torch.zeros(1, 21, 3)), only_2d)
+
+
+def test_samples_without_an_answer_are_left_out_of_every_number_and_counted():
+    targets = targets_of(hand_samples(3))
+    predicted_2d = targets["keypoints_2d"] + torch.tensor([3.0, 4.0])              # 5 px off
+    predicted_3d = targets["keypoints_3d"] - targets["keypoints_3d"][:, :1]
+    predicted_2d[1], predicted_3d[1] = float("nan"), float("nan")                   # a detector found no hand
+    row = evaluate.score(Prediction(keypoints_2d=predicted_2d, keypoints_3d=predicted_3d), targets)
+    assert row["num_samples"] == 3 and row["num_answered"] == 2
+    assert row["epe_2d_px"] == pytest.approx(5.0) and row["epe_procrustes_mm"] == pytest.approx(0.0, abs=1e-3)
+    kept = torch.tensor([True, False, True])
+    alone = evaluate.score(Prediction(keypoints_2d=predicted_2d[kept], keypoints_3d=predicted_3d[kept]),
+                           {key: value[kept] for key, value in targets.items()})
+    assert row == {**alone, "num_samples": 3}
+    # No answer at all: NaN errors, no exception.
+    nothing = Prediction(keypoints_2d=torch.full((3, 21, 2), float("nan")),
+                         keypoints_3d=torch.full((3, 21, 3), float("nan")))
+    empty = evaluate.score(nothing, targets)
+    assert empty["num_answered"] == 0 and math.isnan(empty["epe_2d_px"])
 
 
 def test_the_mesh_error_is_zero_for_the_true_mesh_and_grows_when_it_is_wrong():
