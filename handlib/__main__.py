@@ -79,7 +79,8 @@ def _benchmark(args):
     from handlib.evaluate import benchmark, real_benchmark
 
     if args.real:
-        real_benchmark(profile=args.profile, device=args.device, run_dir=args.run_dir, verbose=True)
+        real_benchmark(profile=args.profile, device=args.device, run_dir=args.run_dir, peers=not args.no_peers,
+                       verbose=True)
     else:
         benchmark(profile=args.profile, device=args.device, run_dir=args.run_dir, verbose=True)
 
@@ -172,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--profile", choices=PROFILES, default="full", help="whose checkpoints (default full)")
     command.add_argument("--run-dir", type=Path, default=None, help=SHIPPED_HELP)
     command.add_argument("--device", default=None)
+    command.add_argument("--no-peers", action="store_true", help="with --real: leave MediaPipe Hands out")
     command.set_defaults(run=_benchmark)
 
     command = commands.add_parser("predict", help="predict the 3D hand in your own images (one hand per image)")

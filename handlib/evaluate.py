@@ -185,9 +185,11 @@ def benchmark(profile: str = "full", names: list[str] | None = None, device=None
 # The real samples (data/samples), next to two baselines that use no image
 # --------------------------------------------------------------------------------------------
 
-REAL_COLUMNS = {"method": "method", "dataset": "real samples", "num_samples": "samples", "epe_2d_px": "2D EPE (px)",
-                "epe_2d_percent": "2D EPE (% of crop)", "num_3d": "with 3D", "epe_procrustes_mm": "PA EPE (mm)"}
+REAL_COLUMNS = {"method": "method", "dataset": "real samples", "num_samples": "samples", "num_answered": "scored",
+                "epe_2d_px": "2D EPE (px)", "epe_2d_percent": "2D EPE (% of crop)", "num_3d": "with 3D",
+                "epe_procrustes_mm": "PA EPE (mm)"}
 BASELINES = ("crop centre", "mean training pose")
+PEER = "MediaPipe Hands (peer)"
 
 
 def real_sample_sets(image_size: int) -> dict:
@@ -236,8 +238,9 @@ def image_free_baselines(count: int, image_size: int, train_set: Dataset) -> dic
 
 def _real_row(name: str, dataset: str, prediction: Prediction, targets: dict, image_size: int) -> dict:
     row = score(prediction, targets, alignment="procrustes")
-    return {"method": name, "dataset": dataset, "num_samples": row["num_samples"], "epe_2d_px": row["epe_2d_px"],
-            "epe_2d_percent": 100.0 * row["epe_2d_px"] / image_size, "num_3d": int(targets["has_3d"].sum()),
+    return {"method": name, "dataset": dataset, "num_samples": row["num_samples"], "num_answered": row["num_answered"],
+            "epe_2d_px": row["epe_2d_px"], "epe_2d_percent": 100.0 * row["epe_2d_px"] / image_size,
+            "num_3d": int((targets["has_3d"].bool() & prediction.answered()).sum()),
             "epe_procrustes_mm": row.get("epe_procrustes_mm")}
 
 
@@ -253,16 +256,22 @@ def score_real_samples(name: str, method: Method, model: nn.Module, config, data
 
 
 def real_benchmark(names: list[str] | None = None, profile: str = "full", device=None, run_dir=None,
-                   baseline_samples: int = 2048, verbose: bool = False) -> list[dict]:
+                   baseline_samples: int = 2048, peers: bool = False, verbose: bool = False) -> list[dict]:
     """Every method with a checkpoint on the repository's real samples, dataset by dataset, next to
     the image-free baselines (``image_free_baselines``), with the same metric code as the synthetic
     test set: 2D EPE in pixels of the crop and in % of its side (the crop is the hand's box with a
     margin), and the Procrustes-aligned 3D EPE where a sample has 3D.
 
+    With ``peers``, MediaPipe Hands (``handlib.peers.mediapipe_hands``) gets a row per dataset,
+    on the same crops. It scores only the images where it found the hand (column "scored"; the
+    course's methods answer every image); where it is not installed, one line says how to install
+    it and the table goes on without it.
+
     Args:
         names: "method" or "method:variant" names; None = every registered one.
         profile, device, run_dir: which checkpoints (default: the shipped ``full`` ones).
         baseline_samples: synthetic training samples the mean pose is taken over.
+        peers: add MediaPipe Hands' rows when it is available.
         verbose: print the table.
 
     Returns:
@@ -279,6 +288,13 @@ def real_benchmark(names: list[str] | None = None, profile: str = "full", device
         except FileNotFoundError:
             continue
     sizes = {config.image_size for _, _, _, config in models} or {128}
+    if peers:
+        from handlib.peers import mediapipe_hands, unavailable_reason
+
+        reason = unavailable_reason()
+        if reason is not None:
+            print(f"{PEER}: not run. {reason}")
+        peers = reason is None
     rows = []
     for image_size in sorted(sizes):
         train_set = synthetic_training_set(baseline_samples, 0, image_size)
@@ -289,6 +305,12 @@ def real_benchmark(names: list[str] | None = None, profile: str = "full", device
             for name, method, model, config in models:
                 if config.image_size == image_size:
                     rows.append(score_real_samples(name, method, model, config, dataset, samples, device))
+            if peers:
+                prediction = mediapipe_hands(targets["image"], is_right=targets["is_right"])
+                rows.append(_real_row(PEER, dataset, prediction, targets, image_size))
     if verbose:
         print(format_table(rows, REAL_COLUMNS))
+        if peers:
+            print(f"{PEER}: errors over the images where it found the hand only (column scored; the course's "
+                  "methods answer every image). Its 3D: MediaPipe's world landmarks.")
     return rows
