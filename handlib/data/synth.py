@@ -110,7 +110,7 @@ _GAMMA_LEVELS = 1024
 _MAX_OCCLUDERS = 3
 _NOISE_GRIDS = ((3, 4), (1, 8), (1, 16))  # (channels, side) of the background's noise octaves
 _CLUTTER_GRIDS = ((3, 4), (3, 8), (1, 16), (1, 32))  # octaves of the cluttered scenes' 1/f noise
-_CLUTTER_SHAPES = 18
+_CLUTTER_SHAPES = 14
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ class SynthConfig:
     forearm: float = 0.9
     sleeve: float = 0.4
     skin_detail: float = 1.0
-    distractors: float = 0.4
+    distractors: float = 0.3
     lighting: str = "multi"
     appearance: str = "train"
 
@@ -686,18 +686,26 @@ def _ambient_occlusion(vertices: torch.Tensor, normals: torch.Tensor, joints: to
     Each bone is a capsule of radius r = 9 mm; a vertex at distance d from a bone's nearest point
     q, looking along its normal n, sees it cover a solid angle ~ (r / d)^2 max(0, n . (q - v) / d).
     The bones of its own finger lie behind its normal, so they count for nothing unless the finger
-    curls over itself. All float64 (see ``_Draws``).
+    curls over itself. One bone at a time, products and sums written out (no reductions whose order
+    could depend on the batch), in float32.
     """
     from handlib.skeleton import BONES
 
-    start = joints[:, [parent for parent, _ in BONES]]  # (B, 20, 3)
-    segment = joints[:, [child for _, child in BONES]] - start  # (B, 20, 3)
-    relative = vertices[:, :, None] - start[:, None]  # (B, V, 20, 3)
-    t = ((relative * segment[:, None]).sum(-1) / (segment * segment).sum(-1)[:, None].clamp_min(1e-12)).clamp(0, 1)
-    towards = segment[:, None] * t[..., None] - relative  # (B, V, 20, 3) vertex -> nearest point of the bone
-    distance = (towards * towards).sum(-1).sqrt().clamp_min(0.009)  # (B, V, 20)
-    facing = ((normals[:, :, None] * towards).sum(-1) / distance).clamp_min(0)
-    return (((0.009 / distance) ** 2) * facing).sum(-1).clamp(0, 1)
+    radius = 0.009
+    x, y, z = vertices.float().unbind(-1)  # (B, V) each
+    nx, ny, nz = normals.float().unbind(-1)
+    joints = joints.float()
+    total = torch.zeros_like(x)
+    for parent, child in BONES:
+        start, segment = joints[:, parent, :, None], (joints[:, child] - joints[:, parent])[..., None]  # (B, 3, 1)
+        rx, ry, rz = x - start[:, 0], y - start[:, 1], z - start[:, 2]  # (B, V) vertex - bone start
+        sx, sy, sz = segment[:, 0], segment[:, 1], segment[:, 2]  # (B, 1)
+        t = ((rx * sx + ry * sy + rz * sz) / (sx * sx + sy * sy + sz * sz).clamp_min(1e-12)).clamp(0, 1)
+        tx, ty, tz = sx * t - rx, sy * t - ry, sz * t - rz  # vertex -> nearest point of the bone
+        squared = (tx * tx + ty * ty + tz * tz).clamp_min(radius * radius)
+        facing = (nx * tx + ny * ty + nz * tz).clamp_min(0) / squared.sqrt()
+        total = total + (radius * radius) / squared * facing
+    return total.clamp(0, 1)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -741,8 +749,9 @@ def _paint_shapes(image, y, x, draws: _Draws, count: int, colors, palette, size:
     angle = torch.where(upright, (draws.uniform(k) < 0.5) * (math.pi / 2) + draws.normal(k) * 0.04,
                         draws.uniform(k, high=math.pi))
     blur = torch.where(draws.uniform(k) < 0.3, draws.uniform(k, low=3.0, high=10.0), 1.0) / size  # out of focus
-    striped = draws.uniform(k) < 0.3
-    frequency = draws.uniform(k, low=4.0, high=30.0)
+    striped = draws.uniform(k) < 0.15
+    frequency = draws.uniform(k, low=3.0, high=16.0)
+    contrast = draws.uniform(k, low=0.2, high=0.7).float()
     stripe_color = _scene_colors(draws, k, palette)
     tilt = 0.35 * draws.normal(k, 2).float()
     for j in range(k):
@@ -754,14 +763,27 @@ def _paint_shapes(image, y, x, draws: _Draws, count: int, colors, palette, size:
                               blur[rows, j, None, None, None].float())  # (M, 1, S, S)
         fill = colors[rows, j, :, None, None] * (1 + tilt[rows, j, 0, None, None, None] * (x - c[:, :, 0, None, None].float())
                                                  + tilt[rows, j, 1, None, None, None] * (y - c[:, :, 1, None, None].float()))
-        if striped[rows, j].any():
-            cos, sin = torch.cos(angle[rows, j]), torch.sin(angle[rows, j])
-            along = x.double() * cos.view(-1, 1, 1, 1) + y.double() * sin.view(-1, 1, 1, 1)
-            wave = torch.sin(2 * math.pi * frequency[rows, j].view(-1, 1, 1, 1) * along)
-            stripes = (0.5 + 0.5 * torch.tanh(4 * wave)).float() * striped[rows, j].view(-1, 1, 1, 1)
-            fill = fill + stripes * (stripe_color[rows, j, :, None, None] - fill)
+        stripe_rows = striped[rows, j].nonzero().flatten()
+        if len(stripe_rows):  # a triangle wave across the shape, sharpened: exact arithmetic per pixel
+            r = rows[stripe_rows]
+            cos, sin = torch.cos(angle[r, j]).float().view(-1, 1, 1, 1), torch.sin(angle[r, j]).float().view(-1, 1, 1, 1)
+            phase = (x * cos + y * sin) * frequency[r, j].float().view(-1, 1, 1, 1)
+            stripes = (4 * ((phase - phase.floor() - 0.5).abs() - 0.25) + 0.5).clamp(0, 1)  # (M', 1, S, S)
+            stripes = stripes * contrast[r, j].view(-1, 1, 1, 1)
+            fill[stripe_rows] = fill[stripe_rows] + stripes * (stripe_color[r, j, :, None, None] - fill[stripe_rows])
         image[rows] = image[rows] * (1 - alpha) + fill.clamp(0, 1) * alpha
     return image
+
+
+def _pink_noise(noise: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, 3, S, S) 1/f noise from the grids of ``_CLUTTER_GRIDS``: a pyramid, each octave twice the
+    frequency and half the amplitude of the one before (upsampled step by step, cheaply)."""
+    total, start = None, 0
+    for number, (channels, side) in enumerate(_CLUTTER_GRIDS):
+        grid = noise[:, start:start + channels * side * side].view(len(noise), channels, side, side) / 2 ** number
+        start += channels * side * side
+        total = grid if total is None else F.interpolate(total, size=(side, side), mode="bilinear", align_corners=False) + grid
+    return F.interpolate(total, size=(size, size), mode="bicubic", align_corners=False)
 
 
 def clutter_backgrounds(draws: _Draws, noise: torch.Tensor, image_size: int) -> torch.Tensor:
@@ -784,10 +806,8 @@ def clutter_backgrounds(draws: _Draws, noise: torch.Tensor, image_size: int) -> 
     image = room[:, 0, :, None, None] * (1 - floor - other) + room[:, 1, :, None, None] * floor + room[:, 2, :, None, None] * other
     image = image * (1 + 0.25 * (draws.uniform(1, 1, 1, low=-1.0, high=1.0).float() * (y - 0.5)))  # light falloff
 
-    octaves = _octave_noise(noise, _CLUTTER_GRIDS, size)
     amount = draws.uniform(1, low=0.02, high=0.12).float()  # (B, 1)
-    for number, octave in enumerate(octaves):  # amplitude ~ 1 / frequency
-        image = image + (amount / 2 ** number).view(-1, 1, 1, 1) * octave * image.mean(1, keepdim=True).clamp_min(0.1)
+    image = image + amount.view(-1, 1, 1, 1) * _pink_noise(noise, size) * image.mean(1, keepdim=True).clamp_min(0.1)
 
     image = _paint_shapes(image, y, x, draws, _CLUTTER_SHAPES, _scene_colors(draws, _CLUTTER_SHAPES, palette), palette, size)
     blobs = 3
@@ -934,9 +954,9 @@ def _crease_scale(hand: _Hand, faces: torch.Tensor, fragments, depth: torch.Tens
 
 def _lights(draws: _Draws, lighting: str, appearance: str):
     """The lights of each sample: directions (B, L, 3) towards the lights, colours (B, L, 3),
-    diffuse weights (B, L), ambient (B,), sheen (B,). L = 1 ("single") or 3 ("multi": a key light
-    from the camera's side, a fill light from the other side in another colour, a rim light from
-    behind in some samples)."""
+    diffuse weights (B, L), ambient (B,), sheen (B,). L = 1 ("single") or 2 ("multi": a key light
+    from the camera's side, and either a fill light from the other side in another colour or, in a
+    third of the samples, a rim light from behind that lights the hand's outline)."""
     batch = len(draws.table)
     key = F.normalize(torch.cat([draws.uniform(2, low=-1.0, high=1.0), draws.uniform(1, low=-1.0, high=0.2)], 1), dim=-1)
     ambient = draws.uniform(low=0.2, high=0.55)[:, 0]
@@ -945,7 +965,7 @@ def _lights(draws: _Draws, lighting: str, appearance: str):
     held_out = appearance == "held_out"
     # Train: a warm to slightly cool key light, a cool fill; held out: tinted keys, warm vivid fills.
     key_hue = draws.uniform(1, low=0.2, high=0.9) if held_out else draws.uniform(1, low=-0.05, high=0.12)
-    key_saturation = draws.uniform(1, low=0.25, high=0.5) if held_out else draws.uniform(1, high=0.25)
+    key_saturation = draws.uniform(1, low=0.25, high=0.4) if held_out else draws.uniform(1, high=0.25)
 
     def color(hue, saturation):
         rgb = hsv_to_rgb(torch.cat([hue % 1.0, saturation, torch.ones(batch, 1, dtype=hue.dtype)], 1))
@@ -960,11 +980,12 @@ def _lights(draws: _Draws, lighting: str, appearance: str):
         fill_weight = diffuse * draws.uniform(low=0.1, high=0.5)[:, 0]
         around = draws.uniform(1, high=2 * math.pi)
         rim = F.normalize(torch.cat([torch.cos(around), torch.sin(around), draws.uniform(1, low=0.3, high=1.2)], 1), dim=-1)
-        rim_weight = torch.where(draws.uniform(1)[:, 0] < 0.35, draws.uniform(low=0.3, high=0.9)[:, 0], 0.0)
+        rim_weight = diffuse * draws.uniform(low=0.4, high=1.0)[:, 0]
         rim_color = color(draws.uniform(1, low=0.05, high=0.15), draws.uniform(1, high=0.2))
-        directions += [fill, rim]
-        colors += [color(fill_hue, fill_saturation), rim_color]
-        weights += [fill_weight, rim_weight]
+        is_rim = draws.uniform(1) < 1 / 3  # (B, 1)
+        directions.append(torch.where(is_rim, rim, fill))
+        colors.append(torch.where(is_rim, rim_color, color(fill_hue, fill_saturation)))
+        weights.append(torch.where(is_rim[:, 0], rim_weight, fill_weight))
     return (torch.stack(directions, 1).float(), torch.stack(colors, 1).float(), torch.stack(weights, 1).float(),
             ambient.float(), specular.float())
 
@@ -1189,7 +1210,7 @@ def _forearm_parameters(draws: _Draws, config: SynthConfig, batch: int) -> _Fore
     length = torch.where(present, draws.uniform(1, low=FOREARM_LENGTH[0], high=FOREARM_LENGTH[1])[:, 0], 0.0)
     widen = torch.cat([draws.uniform(1, low=0.05, high=0.25), draws.uniform(1, low=0.3, high=0.7)], 1)
     sleeve = present & (draws.uniform(1)[:, 0] < config.sleeve)
-    sleeve_start = torch.where(sleeve, draws.uniform(1, low=0.03, high=0.15)[:, 0], 1.0)
+    sleeve_start = torch.where(sleeve, draws.uniform(1, low=0.01, high=0.08)[:, 0], 1.0)  # metres up the arm
     sleeve_scale = draws.uniform(1, low=1.1, high=1.35)[:, 0]
     # Disjoint halves of the hue circle: train sleeves are blue, purple, red; held-out ones yellow, green, cyan.
     hue = draws.uniform(1, low=0.05, high=0.45) if config.appearance == "held_out" else (draws.uniform(1, low=0.45, high=1.05) % 1.0)
