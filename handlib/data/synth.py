@@ -16,15 +16,24 @@ How one sample is made (``render_batch`` does it for many at once):
    with a focal length of 1 (normalised image coordinates) the crop box is
    (x0, y0, side), and ``K = handlib.render.crop_intrinsics(K_1, box, image_size)`` is the
    intrinsics of the crop. Rendering directly with this K gives the crop, with no resampling.
-3. **Looks** (domain randomisation). Skin albedo from the 10 tones of the Monk Skin Tone scale
-   (see ``SKIN_TONES``), with smooth per-vertex variation and lighter palms; Lambert shading with a
-   random light direction, colour, intensity and ambient term, and a faint specular sheen;
-   procedural backgrounds (gradients, smooth colour noise, multi-octave noise, stripes and checks,
-   random shapes, some of them skin-coloured so that a mask is not just "the skin-coloured
-   pixels"), rendered at half resolution (a defocused background); distractor occluders in front of
-   or between the fingers; colour jitter, blur and sensor noise.
-4. **Labels.** ``keypoints_2d = project(keypoints_3d, K)``; ``visibility`` (see ``VISIBILITY_TOLERANCE``);
-   ``mask`` = hand pixels not covered by an occluder; ``depth`` = the hand's depth there.
+3. **Forearm** (``forearm``). A tapered tube of the wrist opening's elliptic shape continues the
+   skin from the wrist, away from the fingers, bent by up to 20 degrees, 22 to 30 cm long so that
+   it leaves the crop, sometimes in a sleeve (``forearm_rings``). It is part of the hand's mesh:
+   one z-buffer, so the forearm hides the hand and the hand the forearm.
+4. **Looks** (domain randomisation). Skin albedo from the 10 tones of the Monk Skin Tone scale
+   (see ``SKIN_TONES``), with smooth per-vertex variation and lighter palms, and (``skin_detail``)
+   blotches, nails, darker concave parts and creases drawn per pixel; Lambert shading with a key
+   light and a fill or rim light of other colours (``lighting``), an ambient term and a faint
+   specular sheen; backgrounds (``background``): photo-like cluttered rooms
+   (``clutter_backgrounds``) or the v1 procedural textures (``procedural_backgrounds``: gradients,
+   colour noise, stripes and checks, random shapes, some skin-coloured so that a mask is not just
+   "the skin-coloured pixels"), rendered at half resolution (a defocused background); skin-coloured
+   distractors behind the hand (``distractors``: a second hand from the same model, a face, an
+   arm); occluders in front of or between the fingers; white balance, exposure, blur and sensor
+   noise. ``appearance="held_out"`` swaps in looks that training never draws (``HELD_OUT``).
+5. **Labels.** ``keypoints_2d = project(keypoints_3d, K)``; ``visibility`` (see ``VISIBILITY_TOLERANCE``;
+   the forearm and a second hand can hide keypoints too); ``mask`` = hand pixels (not the forearm)
+   not covered by anything; ``depth`` = the hand's depth there.
 
 Determinism. Each sample's randomness comes only from (seed, split, index): a torch.Generator
 seeded with ``sample_seed(seed, split, index)`` draws its camera, looks and noise, and its pose
@@ -35,6 +44,10 @@ rendered alone or in any batch, in any worker, in any order; the batch only make
 Knobs for the challenges of chapter 0: ``occlusion`` (0 none .. 1 heavy), ``image_size``,
 ``viewpoint`` ("any", "palm_towards", "palm_away"), ``pose_kind`` (a grasp of the prior or
 "mixture"), ``hand_side`` ("right"; "left" or "both" mirror samples with ``mirror_sample``).
+Knobs for the synthetic-to-real gap (engine version 2; each can be turned off, ``SynthConfig``):
+``forearm``, ``sleeve``, ``skin_detail``, ``background``, ``distractors``, ``lighting``,
+``appearance``. The v1 look: ``forearm=0, skin_detail=0, distractors=0, background="procedural",
+lighting="single"`` (the same kind of pictures, not the same pixels: v2 draws other numbers).
 
 Throughput. ``render_batch`` renders 16 to 64 samples at once (the rasterizer is fastest there).
 ``SyntheticHandDataset`` renders blocks of ``block_size`` consecutive indices and keeps the last
@@ -73,6 +86,19 @@ HAND_SIDES = ("right", "left", "both")
 BACKGROUNDS = ("mixed", "clutter", "procedural", "black")
 LIGHTINGS = ("multi", "single")
 APPEARANCES = ("train", "held_out")
+# What appearance="held_out" changes (poses, shapes, cameras, occluders and the knobs' probabilities
+# stay those of "train"): a stand-in for real photos, whose looks the training set never showed.
+HELD_OUT = {
+    "background": "outdoor scenes (sky, horizon, grass and foliage, posts; outdoor_backgrounds), a family "
+                  "'train' never draws, whatever the background knob (except 'black')",
+    "skin tint": "redness in [-0.12, -0.06] or [0.08, 0.14] (train: [-0.04, 0.06]) along (1, -0.3, -0.6)",
+    "key light": "hue 0.2..0.9 (greens, blues, purples), saturation 0.25..0.4 (train: hue -0.05..0.12, "
+                 "saturation 0..0.25)",
+    "fill light": "warm, hue -0.1..0.12, saturation 0.3..0.5 (train: cool, hue 0.5..0.7, saturation 0..0.3)",
+    "sleeve": "hue 0.05..0.45: yellow, green, cyan (train: 0.45..1.05: blue, purple, red)",
+    "camera": "white balance +-12% (train +-6%), noise 0.01..0.06 (train 0..0.03), motion blur of 2 to 7 px "
+              "(per 128 px) in half of the samples and faded colours (saturation 0..0.6) in 40% (train: never)",
+}
 FOREARM_LENGTH = (0.22, 0.30)  # metres from the wrist opening to the far end of the forearm
 MIXED_CLUTTER = 0.75  # with background="mixed", the fraction of samples with a cluttered scene
 POSE_BLOCK = 64  # poses come from the prior in blocks of this many consecutive indices
@@ -305,7 +331,7 @@ def _forearm_faces(loop: np.ndarray, first_vertex: int) -> np.ndarray:
 def _crease_coordinates(rest: np.ndarray, rest_joints: np.ndarray, weights: np.ndarray, palm_side: np.ndarray):
     """(V, 3): per vertex, the signed distance (metres, along the bone) to the nearest crease of
     family 0 and of family 1 on its own digit (1 where there is none), and how deep its creases
-    are (1 on the palmar side, 0.4 on the back: knuckle wrinkles)."""
+    are (1 in the middle of the palmar side, fading towards the digit's sides, 0.1 on the back)."""
     digit_of_joint = {}  # MANO joint -> digit number in course order (thumb 0 .. pinky 4)
     for digit, mano_joints in enumerate(((13, 14, 15), (1, 2, 3), (4, 5, 6), (10, 11, 12), (7, 8, 9))):
         for joint in mano_joints:
@@ -321,7 +347,7 @@ def _crease_coordinates(rest: np.ndarray, rest_joints: np.ndarray, weights: np.n
         signed = (rest - point) @ axis
         closer = on_digit & (np.abs(signed) < np.abs(coordinates[:, family]))
         coordinates[closer, family] = signed[closer]
-    depth = 0.4 + 0.6 * palm_side
+    depth = 0.1 + 0.9 * palm_side
     return np.concatenate([coordinates, depth[:, None]], 1)
 
 
@@ -801,8 +827,8 @@ def clutter_backgrounds(draws: _Draws, noise: torch.Tensor, image_size: int) -> 
     slope = draws.uniform(1, 1, 1, low=-0.35, high=0.35).float()
     horizon = draws.uniform(1, 1, 1, low=0.2, high=1.3).float()  # above 1: no floor in view
     corner = draws.uniform(1, 1, 1, low=-0.5, high=1.5).float()  # outside [0, 1]: no corner in view
-    floor = (y > horizon + slope * (x - 0.5)).float()
-    other = (x > corner).float() * (1 - floor)
+    floor = ((y - horizon - slope * (x - 0.5)) * size + 0.5).clamp(0, 1)  # anti-aliased edges
+    other = ((x - corner) * size + 0.5).clamp(0, 1) * (1 - floor)
     image = room[:, 0, :, None, None] * (1 - floor - other) + room[:, 1, :, None, None] * floor + room[:, 2, :, None, None] * other
     image = image * (1 + 0.25 * (draws.uniform(1, 1, 1, low=-1.0, high=1.0).float() * (y - 0.5)))  # light falloff
 
