@@ -280,3 +280,194 @@ def test_corrupt_chunk_raises_naming_the_file_or_is_regenerated(cache_dir):
     again = _cache(cache_dir, on_corrupt="regenerate")
     assert np.array_equal(first.arrays["image"], again.arrays["image"])
     assert not list(first.directory.glob(".*tmp*"))
+
+
+# --------------------------------------------------------------------------------------------------
+# The v2 knobs: forearm, sleeve, skin detail, backgrounds, distractors, lighting, appearance
+
+PLAIN = dict(image_size=SIZE, occlusion=0.0, distractors=0.0, background="black")  # only the hand and its arm
+
+
+@pytest.fixture(scope="module")
+def arms():
+    """The same 24 samples with and without a forearm, on black, without occluders."""
+    on = synth.render_batch(24, seed=1, forearm=1.0, return_layers=True, **PLAIN)
+    off = synth.render_batch(24, seed=1, forearm=0.0, return_layers=True, **PLAIN)
+    return on, off
+
+
+def _beyond_wrist(batch) -> torch.Tensor:
+    """Per sample, how far (metres) the hand's pixels reach past the wrist joint along the forearm
+    (middle MCP -> wrist), from the depth map unprojected with K."""
+    size = batch["depth"].shape[-1]
+    rows, columns = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    reach = []
+    for depth, K, joints in zip(batch["depth"], batch["K"], batch["keypoints_3d"]):
+        on = depth > 0
+        points = torch.stack([(columns[on] - K[0, 2]) / K[0, 0] * depth[on], (rows[on] - K[1, 2]) / K[1, 1] * depth[on],
+                              depth[on]], -1)
+        direction = torch.nn.functional.normalize(joints[0] - joints[9], dim=0)
+        reach.append(((points - joints[0]) @ direction).max())
+    return torch.stack(reach)
+
+
+def test_forearm_knob_adds_an_arm_that_leaves_the_crop(arms):
+    on, off = arms
+    forearm = on["forearm_mask"] > 0
+    assert forearm.flatten(1).any(1).all()  # every sample has one
+    leaves = forearm[:, 0].any(1) | forearm[:, -1].any(1) | forearm[:, :, 0].any(1) | forearm[:, :, -1].any(1)
+    assert leaves.float().mean() > 0.9  # 25 cm long: it runs out of the crop
+    assert not (forearm & (on["mask"] > 0)).any()  # the mask is the hand alone
+    assert off["forearm_mask"].sum() == 0
+    # The hand, camera and labels do not depend on the knob; without a forearm no skin lies past the
+    # wrist's cap (~9 mm past the wrist joint), and with one the hand's mask still stops there.
+    for key in ("keypoints_3d", "keypoints_2d", "K", "pose", "betas"):
+        assert torch.equal(on[key], off[key]), key
+    assert _beyond_wrist(off).max() < 0.015 and _beyond_wrist(on).max() < 0.015
+    lit = off["image"].amax(1) > 0.15  # on black: the lit pixels are the hand's (blur spills a pixel or two)
+    near_hand = torch.nn.functional.max_pool2d(off["hand_mask"][:, None], 5, stride=1, padding=2)[:, 0] > 0
+    assert (lit & ~near_hand).float().mean() < 1e-3
+
+
+def test_forearm_hides_keypoints_behind_it(arms):
+    on, off = arms
+    assert (on["visibility"] <= off["visibility"]).all()  # the forearm only ever hides
+    assert (on["visibility"] < off["visibility"]).any()  # and here it does (palm away, arm towards the camera)
+
+
+def test_forearm_rings_known_values():
+    """A circular wrist of radius 2 cm facing +z: straight, tapered, sleeved, and absent."""
+    angles = torch.arange(16, dtype=torch.float64) * (2 * torch.pi / 16)
+    loop = torch.stack([0.02 * torch.cos(angles), 0.02 * torch.sin(angles), torch.full_like(angles, 0.5)], -1)[None]
+    direction, dorsal = torch.tensor([[0.0, 0, 1]], dtype=torch.float64), torch.tensor([[0.0, 1, 0]], dtype=torch.float64)
+    one = torch.ones(1, dtype=torch.float64)
+    straight = synth.forearm_rings(loop, direction, dorsal, torch.zeros(1, 2, dtype=torch.float64), 0.25 * one,
+                                   torch.zeros(1, 2, dtype=torch.float64), 2 * one, one)
+    rings = straight[0, :-1].view(-1, 16, 3)
+    assert len(rings) == len(synth._FOREARM_RINGS) + len(synth._SLEEVE_RINGS)
+    assert torch.allclose(rings[len(synth._FOREARM_RINGS) - 1], loop[0] + torch.tensor([0, 0, 0.25], dtype=torch.float64))
+    assert torch.allclose(straight[0, -1], torch.tensor([0, 0, 0.75], dtype=torch.float64))  # the far end's centre
+    # Widening: width (x here) by 1 + 0.2 and thickness (y, dorsal) by 1 + 0.5 at 30 cm (FOREARM_LENGTH[1]).
+    wide = synth.forearm_rings(loop, direction, dorsal, torch.zeros(1, 2, dtype=torch.float64), 0.3 * one,
+                               torch.tensor([[0.2, 0.5]], dtype=torch.float64), 2 * one, one)
+    far = wide[0, :-1].view(-1, 16, 3)[len(synth._FOREARM_RINGS) - 1]
+    assert torch.allclose(far[:, 0].abs().max(), torch.tensor(0.024, dtype=torch.float64))
+    assert torch.allclose(far[:, 1].abs().max(), torch.tensor(0.030, dtype=torch.float64), atol=1e-4)
+    # A sleeve from 10 cm, 1.25 times wider: the skin stops there, the cuff is wider.
+    sleeved = synth.forearm_rings(loop, direction, dorsal, torch.zeros(1, 2, dtype=torch.float64), 0.25 * one,
+                                  torch.zeros(1, 2, dtype=torch.float64), 0.1 * one, 1.25 * one)[0, :-1].view(-1, 16, 3)
+    skin, sleeve = sleeved[:len(synth._FOREARM_RINGS)], sleeved[len(synth._FOREARM_RINGS):]
+    assert skin[..., 2].max() <= 0.6 + 1e-9 and torch.allclose(sleeve[0], skin[-1])
+    radius = (sleeve[1, :, :2] ** 2).sum(-1).sqrt()
+    assert torch.allclose(radius, torch.full_like(radius, 0.025)) and torch.allclose(sleeve[-1, :, 2], torch.full_like(radius, 0.75))
+    # Length 0: every ring at the opening's centre (a cap).
+    capped = synth.forearm_rings(loop, direction, dorsal, torch.ones(1, 2, dtype=torch.float64), 0 * one,
+                                 torch.zeros(1, 2, dtype=torch.float64), 2 * one, one)
+    assert torch.allclose(capped[0], loop[0].mean(0).expand(len(capped[0]), 3))
+
+
+def test_sleeve_knob_colours_the_far_arm():
+    kw = dict(seed=2, forearm=1.0, return_layers=True, **PLAIN)
+    bare, sleeved = synth.render_batch(8, sleeve=0.0, **kw), synth.render_batch(8, sleeve=1.0, **kw)
+    forearm = (bare["forearm_mask"] > 0) & (sleeved["forearm_mask"] > 0)
+    change = ((bare["image"] - sleeved["image"]).abs().amax(1) > 0.05) & forearm
+    assert (change.flatten(1).sum(1) > 0.2 * forearm.flatten(1).sum(1)).sum() >= 3  # cloth on the arm in view
+    hand = (bare["mask"] > 0) & (sleeved["mask"] > 0)
+    assert (bare["image"] - sleeved["image"]).abs().amax(1)[hand].median() < 1e-6  # the hand is the same
+
+
+def test_skin_detail_knob_changes_only_the_skin():
+    kw = dict(seed=4, lighting="single", return_layers=True, **PLAIN)
+    smooth, detailed = synth.render_batch(8, skin_detail=0.0, **kw), synth.render_batch(8, skin_detail=1.0, **kw)
+    skin = (smooth["hand_mask"] > 0) | (smooth["forearm_mask"] > 0)
+    difference = (smooth["image"] - detailed["image"]).abs().amax(1)
+    assert difference[skin].mean() > 0.01 and (difference[~skin] < 0.05).all()  # (blur spreads the border)
+    hand = synth._hand()
+    rest = hand.rest_vertices
+    tips = rest[hand.layer.fingertip_vertex_ids]
+    nails = hand.nails > 0.5
+    assert 10 <= nails.sum() <= 120
+    assert (torch.cdist(rest[nails], tips).amin(1) < 0.016).all()  # every nail vertex is at a fingertip
+    assert (torch.cdist(tips, rest[nails]).amin(1) < 0.016).all()  # and every fingertip has a nail
+    creases = hand.creases[:len(rest), :2].abs().amin(1) < 0.002  # vertices on a crease line
+    assert creases.sum() > 20 and not creases[hand.nails > 0.5].all()
+
+
+def test_background_knob_families_per_row():
+    kw = dict(seed=6, image_size=SIZE, return_layers=True, distractors=0.0)
+    layers = {name: synth.render_batch(12, background=name, **kw)["background"] for name in synth.BACKGROUNDS}
+    assert layers["black"].abs().max() == 0
+    same = [[torch.equal(layers["mixed"][i], layers[name][i]) for name in ("clutter", "procedural")] for i in range(12)]
+    assert all(sum(row) == 1 for row in same)  # each sample is drawn from one family, the same picture
+    assert sum(row[0] for row in same) >= 6  # mostly clutter (MIXED_CLUTTER)
+
+    def edges(images):  # fraction of pixels on a strong edge
+        gray = images.mean(1)
+        return ((gray[:, 1:, 1:] - gray[:, :-1, 1:]).abs() + (gray[:, 1:, 1:] - gray[:, 1:, :-1]).abs() > 0.15).float().mean()
+
+    assert edges(layers["clutter"]) > 1.5 * edges(layers["procedural"])  # clutter: many sharp edges
+
+
+def test_distractors_knob():
+    kw = dict(seed=8, image_size=SIZE, occlusion=0.0, return_layers=True)
+    none, some = synth.render_batch(16, distractors=0.0, **kw), synth.render_batch(16, distractors=1.0, **kw)
+    assert none["distractor_mask"].sum() == 0
+    second_hands = (some["distractor_mask"] > 0).flatten(1).any(1)
+    assert 3 <= second_hands.sum() <= 15  # 60% are second hands, the rest faces and arms
+    painted = (some["background"] - none["background"]).abs().flatten(1).amax(1) > 0.1
+    assert (second_hands | painted).all()  # every sample has a distractor
+    # The second hand stands behind the hand: it never covers the hand (its arm may, rarely).
+    hand_before, hand_after = none["mask"] > 0, some["mask"] > 0
+    assert not (hand_after & ~hand_before).any()
+    assert (hand_before & ~hand_after).float().sum() <= 0.05 * hand_before.float().sum()
+    for key in ("keypoints_3d", "K", "pose"):
+        assert torch.equal(none[key], some[key]), key
+
+
+def test_held_out_appearance_keeps_hands_and_cameras_but_not_looks():
+    kw = dict(seed=9, split="test", image_size=SIZE)
+    train, held = synth.render_batch(8, appearance="train", return_layers=True, **kw), \
+        synth.render_batch(8, appearance="held_out", return_layers=True, **kw)
+    for key in ("keypoints_3d", "keypoints_2d", "visibility", "K", "pose", "betas", "mask"):
+        assert torch.equal(train[key], held[key]), key
+    assert (train["image"] - held["image"]).abs().mean() > 0.05
+    # Light colours: training key lights are at most 25% saturated and warm; held-out ones 25 to 40%, tinted.
+    table = synth._Draws(torch.rand(256, synth._UNIFORMS_PER_SAMPLE, generator=torch.Generator().manual_seed(0)))
+    for appearance, (low, high) in (("train", (0.0, 0.25)), ("held_out", (0.25, 0.4))):
+        colors = synth._lights(table.seek("lights"), "multi", appearance)[1][:, 0]  # (B, 3) key colours
+        saturation = 1 - colors.amin(-1) / colors.amax(-1)
+        assert (saturation >= low - 1e-5).all() and (saturation <= high + 1e-5).all(), appearance
+    # Backgrounds: an outdoor family that "train" never draws, whatever its background knob.
+    for name in ("mixed", "clutter", "procedural"):
+        assert not torch.equal(synth.render_batch([0], background=name, return_layers=True, **kw)["background"],
+                               synth.render_batch([0], background=name, appearance="held_out", return_layers=True,
+                                                  **kw)["background"])
+
+
+def test_every_new_knob_keeps_rows_independent_of_the_batch():
+    knobs = dict(image_size=32, forearm=1.0, sleeve=0.7, distractors=1.0, skin_detail=1.0, occlusion=0.5)
+    for appearance in ("train", "held_out"):
+        batch = synth.render_batch(6, seed=11, appearance=appearance, **knobs)
+        for index in (1, 4):
+            alone = synth.render_batch([index], seed=11, appearance=appearance, **knobs)
+            mixed = synth.render_batch([5, index, 0], seed=11, appearance=appearance, **knobs)
+            for key in SAMPLE_KEYS:
+                assert torch.equal(alone[key][0], batch[key][index]), (appearance, key)
+                assert torch.equal(mixed[key][1], batch[key][index]), (appearance, key)
+
+
+def test_v1_look_by_knobs():
+    v1 = dict(forearm=0.0, skin_detail=0.0, distractors=0.0, background="procedural", lighting="single")
+    batch = synth.render_batch(4, seed=0, image_size=32, return_layers=True, **v1)
+    assert batch["forearm_mask"].sum() == 0 and batch["distractor_mask"].sum() == 0
+    assert synth.make_config(**v1).to_json() != synth.make_config().to_json()  # another cache fingerprint
+
+
+@pytest.mark.parametrize("knobs, word", [
+    (dict(forearm=1.5), "forearm"), (dict(sleeve=-0.1), "sleeve"), (dict(skin_detail="yes"), "skin_detail"),
+    (dict(distractors=2), "distractors"), (dict(background="forest"), "background"), (dict(lighting="dark"), "lighting"),
+    (dict(appearance="test"), "appearance"),
+])
+def test_bad_v2_knobs_raise(knobs, word):
+    with pytest.raises(ValueError, match=word):
+        synth.make_config(**knobs)

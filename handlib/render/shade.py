@@ -92,6 +92,7 @@ def shade_covered(
     diffuse,
     specular=None,
     light_color: torch.Tensor | None = None,
+    albedo_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Shade the covered pixels, two-sided Lambert + ambient and an optional Blinn-Phong sheen:
 
@@ -102,14 +103,25 @@ def shade_covered(
     the surface point. Per-pixel arithmetic only (products, sums, sqrt, no pow), so each pixel's
     value does not depend on the batch it is rendered in (the synthetic data rely on it).
 
+    With several lights (``light`` of shape (B, L, 3)) the first is the key light: the ambient
+    term and the sheen take its colour c_0, and each light adds its own diffuse term,
+
+        colour(p) = albedo(p) * (c_0 ambient + sum_l c_l diffuse_l max(0, n.l_l)) + specular * c_0 max(0, n.h_0)^24
+
+    (a light from behind the surface, n.l_l > 0 only near the silhouette, is a rim light).
+
     Args:
         vertices: (B, V, 3) camera frame, metres. faces: (F, 3) long.
         fragments: from ``rasterize(vertices, faces, ...)``.
         albedo: (B, V, 3) or (1, V, 3) per-vertex RGB in [0, 1].
-        light: (3,) or (B, 3) unit direction from the surface towards the light, camera frame.
-        ambient, diffuse: floats, or (B,) tensors with one value per image.
+        light: (3,) or (B, 3) unit direction from the surface towards the light, camera frame;
+            or (B, L, 3) for L lights.
+        ambient, diffuse: floats, or (B,) tensors with one value per image; with L lights,
+            ``diffuse`` is (B, L), one weight per light.
         specular: None (no sheen), a float or (B,), the weight of the sheen.
-        light_color: None (white) or (3,) / (B, 3) RGB.
+        light_color: None (white) or (3,) / (B, 3) RGB; (B, L, 3) with L lights.
+        albedo_scale: None, or (N, 1) / (N, 3) factors multiplying the interpolated albedo at
+            each covered pixel (detail finer than the mesh: skin creases, say).
 
     Returns:
         (N, 3) colours in [0, 1] of the covered pixels (``fragments.pixel_index``).
@@ -119,20 +131,29 @@ def shade_covered(
     normals = vertex_normals(vertices, faces)  # (B, V, 3)
     attributes = torch.cat([vertices, normals, albedo.expand(*vertices.shape)], dim=-1)  # (B, V, 9)
     points, normal, color = interpolate_covered(attributes, faces, fragments).split(3, dim=-1)  # (N, 3) each
+    if albedo_scale is not None:
+        color = color * albedo_scale
     normal = _unit(normal)
     normal = normal * torch.where((normal * points).sum(-1, keepdim=True) > 0, -1.0, 1.0)  # face the camera
-    to_light = light.expand(batch, 3)[image]  # (N, 3)
-    lambert = (normal * to_light).sum(-1, keepdim=True).clamp_min(0)  # (N, 1) cos of the angle of incidence
-    if light_color is not None:
-        light_color = light_color.expand(batch, 3)[image]  # (N, 3)
-        color = color * light_color
-    shaded = color * (_per_pixel(ambient, image) + _per_pixel(diffuse, image) * lambert)  # (N, 3)
+    lights = light.expand(batch, 3)[:, None] if light.ndim < 3 else light  # (B, L, 3)
+    colors = None if light_color is None else (light_color.expand(batch, 3)[:, None] if light_color.ndim < 3
+                                               else light_color)  # (B, L, 3)
+    weights = diffuse if light.ndim < 3 else None
+    key_color = None if colors is None else colors[:, 0][image]  # (N, 3)
+    shaded = color * _per_pixel(ambient, image) * (1.0 if key_color is None else key_color)  # (N, 3)
+    for index in range(lights.shape[1]):
+        to_light = lights[:, index][image]  # (N, 3)
+        lambert = (normal * to_light).sum(-1, keepdim=True).clamp_min(0)  # (N, 1) cos of the angle of incidence
+        weight = _per_pixel(weights if weights is not None else diffuse[:, index], image) * lambert  # (N, 1)
+        shaded = shaded + color * (weight if colors is None else weight * colors[:, index][image])
+        if specular is not None and index == 0:
+            half = _unit(to_light - _unit(points))  # (N, 3) halfway between the light and the viewer
+            sheen = (normal * half).sum(-1, keepdim=True).clamp_min(0)  # (N, 1)
+            sheen = sheen.square().square().square()  # ^8, by exact products (no pow)
+            sheen = _per_pixel(specular, image) * (sheen * sheen * sheen)  # ^24
+            key_sheen = sheen if key_color is None else sheen * key_color
     if specular is not None:
-        half = _unit(to_light - _unit(points))  # (N, 3) halfway between the light and the viewer
-        sheen = (normal * half).sum(-1, keepdim=True).clamp_min(0)  # (N, 1)
-        sheen = sheen.square().square().square()  # ^8, by exact products (no pow)
-        sheen = _per_pixel(specular, image) * (sheen * sheen * sheen)  # ^24
-        shaded = shaded + (sheen if light_color is None else sheen * light_color)
+        shaded = shaded + key_sheen
     return shaded.clamp(0, 1)
 
 
