@@ -445,7 +445,7 @@ class BackboneConfig(ImageTraining):
     width: float = ENCODER_WIDTH
     lr: float = 2e-3
     mask_weight: float = 1.0
-    coordinate_weight: float = 0.0
+    coordinate_weight: float = 1.0
 
 
 class Backbone(nn.Module):
