@@ -17,6 +17,8 @@ Run (two arms at a time, one torch thread each; about 7 minutes an arm on a 2-co
 
     .venv/bin/python benchmarks/domain_gap.py                 # every arm, 400 steps
     .venv/bin/python benchmarks/domain_gap.py --arms "full recipe,- forearm" --steps 300
+    .venv/bin/python benchmarks/domain_gap.py --arms "full recipe" \
+        --checkpoint "shipped backbone=handlib/assets/checkpoints/backbone-full.pt"   # and a trained one
 
 Runs resume (``data/runs/domain_gap/``); the table is printed and written to
 ``data/results/domain_gap.json``, which chapter 0 shows.
@@ -71,9 +73,6 @@ def arm_config(arm: str, steps: int, train_samples: int):
 
 def run_arm(arm: str, steps: int, train_samples: int) -> dict:
     """Train one arm (resuming) and score it; returns its row."""
-    from handlib import evaluate
-    from handlib.data import synth
-    from handlib.methods import CACHE_DIR
     from handlib.models.backbone import METHOD
     from handlib.train import train
 
@@ -81,19 +80,27 @@ def run_arm(arm: str, steps: int, train_samples: int) -> dict:
     result = train(METHOD, profile="full", run_dir=RUN_DIR / slug(arm), progress=False,
                    overrides={key: getattr(config, key) for key in
                               ("steps", "milestones", "train_samples", "test_samples", "checkpoint_every", *overrides)})
-    from handlib.checkpoints import load_model
+    return {"arm": arm, "change": ARMS[arm][0], "steps": steps, **score_checkpoint(result.checkpoint)}
 
-    method, model, config = load_model(METHOD, "full", result.checkpoint)
-    row = {"arm": arm, "change": ARMS[arm][0], "steps": steps, "wall_time_s": result.wall_time_s,
-           "synthetic_px": result.metrics["epe_2d_px"]}
-    proxy = synth.cached_test_set(config.test_samples, image_size=config.image_size, cache_dir=CACHE_DIR,
+
+def score_checkpoint(checkpoint) -> dict:
+    """A trained backbone's 2D error (px) on the synthetic test set, the proxy and the real samples."""
+    from handlib import evaluate
+    from handlib.checkpoints import load_model
+    from handlib.data import synth
+    from handlib.methods import CACHE_DIR, synthetic_test_set
+    from handlib.models.backbone import METHOD
+
+    method, model, config = load_model(METHOD, "full", checkpoint)
+    row = {"synthetic_px": evaluate.evaluate_model(method, model, config, synthetic_test_set(config, 512))["epe_2d_px"]}
+    proxy = synth.cached_test_set(512, image_size=config.image_size, cache_dir=CACHE_DIR,
                                   config=synth.make_config(appearance="held_out"), progress=False)
     row["proxy_px"] = evaluate.evaluate_model(method, model, config, proxy)["epe_2d_px"]
     pooled = []
     for dataset, samples in evaluate.real_sample_sets(config.image_size).items():
-        row[dataset] = evaluate.score_real_samples(arm, method, model, config, dataset, samples)["epe_2d_px"]
+        row[dataset] = evaluate.score_real_samples("", method, model, config, dataset, samples)["epe_2d_px"]
         pooled += samples if dataset in REAL_PHOTOS else []
-    row["real_photos_px"] = evaluate.score_real_samples(arm, method, model, config, "real photos", pooled)["epe_2d_px"]
+    row["real_photos_px"] = evaluate.score_real_samples("", method, model, config, "real photos", pooled)["epe_2d_px"]
     return row
 
 
@@ -130,6 +137,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400, help="training steps of every arm (batch 32)")
     parser.add_argument("--train-samples", type=int, default=4096, help="rendered training hands of every arm")
     parser.add_argument("--jobs", type=int, default=2, help="arms trained at once, one torch thread each")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
+                        help="also score this trained backbone (e.g. a shipped one), as a row named NAME")
     parser.add_argument("--run-arm", default=None, help=argparse.SUPPRESS)  # a worker: train and score one arm
     args = parser.parse_args()
 
@@ -167,6 +176,9 @@ def main() -> None:
 
     rows = [json.loads((RUN_DIR / f"{slug(arm)}.json").read_text()) for arm in arms
             if (RUN_DIR / f"{slug(arm)}.json").exists()]
+    for item in args.checkpoint:
+        name, _, path = item.partition("=")
+        rows.append({"arm": name, "change": f"the checkpoint {path}", **score_checkpoint(path)})
     rows += baseline_rows()
     print(f"2D error (px of a 128 px crop), backbone trained {args.steps} steps x 32 on "
           f"{args.train_samples} rendered hands per arm")
