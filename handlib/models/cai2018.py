@@ -165,7 +165,9 @@ class Cai2018Config(ImageTraining):
         regulariser_hidden: G's fully connected sizes; regulariser_widths: channels of its three
             transposed convolutions (each doubles the side, from depth_size / 8).
         depth_pairs: synthetic (pose, depth) pairs G learns from (``depth_pair_set``).
-        regulariser_steps, regulariser_batch_size, regulariser_lr: G's stage.
+        regulariser_steps, regulariser_batch_size, regulariser_lr: G's stage (the learning rate drops
+            tenfold for its last quarter). Measured on 4096 pairs: G's L1 on the training images' depth
+            falls from 0.50 (predicting 0) to 0.37 after 400 steps and 0.30 after 2000.
         label_fraction: the fraction of training images that keep their 3D labels (``label_split``).
         depth_supervision: use L_dep on the images with a depth map (the chapter's ablation).
         weight_3d, weight_depth: lambda_3D and lambda_dep (L_2D has weight 1). The paper's are not
@@ -185,8 +187,8 @@ class Cai2018Config(ImageTraining):
     depth_size: int = 32
     regulariser_hidden: tuple = (256, 512)
     regulariser_widths: tuple = (64, 32, 16)
-    depth_pairs: int = 2048
-    regulariser_steps: int = 400
+    depth_pairs: int = 4096
+    regulariser_steps: int = 1000
     regulariser_batch_size: int = 64
     regulariser_lr: float = 2e-3
     label_fraction: float = 1.0
@@ -434,6 +436,7 @@ def _not_the_regulariser(model: Cai2018):
 def _stages(config: Cai2018Config) -> list[Stage]:
     regulariser = Stage("depth_regulariser",
                         Schedule(config.regulariser_steps, config.regulariser_batch_size, config.regulariser_lr,
+                                 milestones=(config.regulariser_steps * 3 // 4,),
                                  checkpoint_every=max(config.regulariser_steps, 1)),
                         lambda seed: depth_pair_set(config, seed), regulariser_loss,
                         parameters=lambda model: model.depth_regulariser.parameters())
@@ -454,7 +457,7 @@ CONFIGS = {
     "quick": Cai2018Config(),
     # What ships: about an hour on one core of a 2-core CPU, from the shipped backbone.
     "full": Cai2018Config(train_samples=24_576, test_samples=512, steps=2400, batch_size=16, lr=1e-3,
-                          milestones=(1800,), checkpoint_every=200, depth_pairs=8192, regulariser_steps=3000,
+                          milestones=(1800,), checkpoint_every=200, depth_pairs=16_384, regulariser_steps=6000,
                           regulariser_batch_size=64),
 }
 
