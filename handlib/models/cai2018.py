@@ -172,10 +172,11 @@ class Cai2018Config(ImageTraining):
         depth_supervision: use L_dep on the images with a depth map (the chapter's ablation).
         weight_3d, weight_depth: lambda_3D and lambda_dep (L_2D has weight 1). The paper's are not
             known. lambda_3D = 1 as in chapter 2's direct lifting (same units: bone lengths squared).
-            lambda_dep = 1: measured at the start of the image stage (pretrained backbone, trained G),
-            the gradient L_dep sends to the predicted joints is about as large as L_3D's (see the
-            chapter), so a depth map counts about as much as a 3D label where both exist, and is the
-            only 3D signal where the label is hidden.
+            lambda_dep = 1 makes the two pulls on the predicted joints about equally strong: measured
+            with the quick G on 64 training images, joints 0.3 (1.0) bone lengths off the truth get a
+            gradient of norm 0.018 (0.022) from L_dep and 0.009 (0.031) from L_3D. So a depth map
+            counts about as much as a 3D label where both exist, and is the only 3D signal where the
+            label is hidden. L_2D's weight 1 is the backbone's own.
         depth_sensor: draw a depth camera's flaws over the training depth maps (``handlib.data.
             depth_sensor``); False compares with the perfect renders.
     """
