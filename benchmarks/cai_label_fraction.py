@@ -116,6 +116,7 @@ def plot_label_fraction(rows: list[dict], ax_error=None):
     ax_auc.set_ylabel("AUC 20-50 mm", color="tab:orange")
     handles = [h for ax in (ax_error, ax_auc) for h in ax.get_legend_handles_labels()[0]]
     ax_error.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="best")
+    figure.tight_layout()
     return figure
 
 

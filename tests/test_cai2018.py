@@ -273,3 +273,21 @@ def test_the_method_trains_through_the_loop(tmp_path, monkeypatch):
     assert all(math.isfinite(v) for values in result.history["images"].values() for v in values)
     assert result.metrics["alignment"] == "gt_root_scale" and result.metrics["num_samples"] == 8
     assert result.metrics["epe_3d_mm"] > 0 and 0 <= result.metrics["auc_20_50"] <= 1
+
+
+def test_the_experiment_harness_names_registered_arms():
+    """benchmarks/cai_label_fraction.py trains every label percent with and without L_dep."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cai_label_fraction.py"
+    spec = importlib.util.spec_from_file_location("cai_label_fraction", path)
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    for percent in harness.VARIANTS:
+        for depth in (True, False):
+            method, variant = get_method(harness.variant_name(percent, depth))
+            config = method.config("quick", variant)
+            assert config.label_fraction == percent / 100 and config.depth_supervision == depth
+    with pytest.raises(ValueError, match="percent"):
+        harness.variant_name(50, True)
