@@ -162,7 +162,7 @@ def test_the_regulariser_learns_a_depth_map_from_joints():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < 0.25 * losses[0]
 
 
