@@ -27,7 +27,9 @@ No official code exists (reference/methods.md section 5): the structure follows 
 the sizes and weights are ours. Differences from the paper, so that it trains on a laptop CPU:
 
 * The 2D network is the course's shared backbone (``handlib.models.backbone``, pre-trained on
-  synthetic hands and shipped): its score-map head gives the heatmaps, fine-tuned here.
+  synthetic hands and shipped): its score-map head gives the heatmaps, fine-tuned here by L_2D.
+  The 3D losses train the regressor alone (``Cai2018Config.end_to_end``: with few labels, the
+  paper's end-to-end training spoils the shared 2D features at our budgets).
 * Depth maps are compared at a quarter of the crop (32 x 32 for 128 px crops), as depth relative
   to the median depth of the hand's pixels, in units of ``DEPTH_UNIT`` (see ``depth_targets``).
 * G also gets the 2D keypoints (in crop units): the crops are cut around the hand with a random
@@ -182,7 +184,7 @@ class Cai2018Config(ImageTraining):
         weight_3d, weight_depth: lambda_3D and lambda_dep (L_2D has weight 1). The paper's are not
             known. lambda_3D = 1 as in chapter 2's direct lifting (same units: bone lengths squared).
             lambda_dep = 1 makes the two pulls on the predicted joints about equally strong: measured
-            with the quick G on 64 training images, joints 0.3 (1.0) bone lengths off the truth get a
+            with a G of 2000 steps on 64 training images, joints 0.3 (1.0) bone lengths off the truth get a
             gradient of norm 0.018 (0.022) from L_dep and 0.009 (0.031) from L_3D. So a depth map
             counts about as much as a 3D label where both exist, and is the only 3D signal where the
             label is hidden. L_2D's weight 1 is the backbone's own.
