@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 
 from handlib.methods import Method, full_name, split_name
-from handlib.models import backbone, zimmermann2017
+from handlib.models import backbone, cai2018, zimmermann2017
 
-METHODS: dict[str, Method] = {method.name: method for method in (backbone.METHOD, zimmermann2017.METHOD)}
+METHODS: dict[str, Method] = {method.name: method for method in (backbone.METHOD, zimmermann2017.METHOD,
+                                                                   cai2018.METHOD)}
 
 
 def get_method(name, variant: str | None = None) -> tuple[Method, str | None]:
