@@ -13,9 +13,10 @@ next to the two image-free baselines (every keypoint at the crop centre; the mea
 An arm is the full recipe with one change undone ("- forearm"), plus the old recipe on the old look
 and the full recipe: the difference to "full recipe" is what that change buys.
 
-Run (two arms at a time, one torch thread each; about 7 minutes an arm on a 2-core CPU)::
+Run (two arms at a time, one torch thread each; at the shipped backbone's compute, 2400 steps of 32
+on 24 576 hands, about 50 minutes an arm on a core; 400 steps show nothing yet, measured)::
 
-    .venv/bin/python benchmarks/domain_gap.py                 # every arm, 400 steps
+    .venv/bin/python benchmarks/domain_gap.py                 # every arm, 2400 steps
     .venv/bin/python benchmarks/domain_gap.py --arms "full recipe,- forearm" --steps 300
     .venv/bin/python benchmarks/domain_gap.py --arms "full recipe" \
         --checkpoint "shipped backbone=handlib/assets/checkpoints/backbone-full.pt"   # and a trained one
@@ -134,8 +135,8 @@ COLUMNS = {"arm": "arm", "synthetic_px": "synthetic", "proxy_px": "proxy (held-o
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arm names (default: all)")
-    parser.add_argument("--steps", type=int, default=400, help="training steps of every arm (batch 32)")
-    parser.add_argument("--train-samples", type=int, default=4096, help="rendered training hands of every arm")
+    parser.add_argument("--steps", type=int, default=2400, help="training steps of every arm (batch 32)")
+    parser.add_argument("--train-samples", type=int, default=24_576, help="rendered training hands of every arm")
     parser.add_argument("--jobs", type=int, default=2, help="arms trained at once, one torch thread each")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
                         help="also score this trained backbone (e.g. a shipped one), as a row named NAME")
