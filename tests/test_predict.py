@@ -559,5 +559,5 @@ def test_the_shipped_method_predicts_real_photos_from_the_command_line(tmp_path,
     keypoints_2d, keypoints_3d = np.array(entry["keypoints_2d"]), np.array(entry["keypoints_3d"])
     assert keypoints_2d.shape == (21, 2) and keypoints_3d.shape == (21, 3) and entry["frame"] == "root_relative"
     assert ((keypoints_2d >= 0) & (keypoints_2d <= (width, height))).all()
-    assert np.allclose(keypoints_3d[0], 0.0) and 0.05 < np.linalg.norm(keypoints_3d, axis=1).max() < 0.4   # metres
+    assert np.allclose(keypoints_3d[0], 0.0) and 0.02 < np.linalg.norm(keypoints_3d, axis=1).max() < 0.4   # metres
     assert (tmp_path / "overlays" / f"{photos[1].stem}_overlay.png").is_file()
