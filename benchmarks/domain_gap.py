@@ -107,22 +107,22 @@ def score_checkpoint(checkpoint) -> dict:
 
 def baseline_rows(image_size: int = 128) -> list[dict]:
     """The image-free baselines on the same real samples (the mean pose of the default training look)."""
+    import torch
     from torch.utils.data import default_collate
 
     from handlib import evaluate
     from handlib.methods import synthetic_training_set
 
-    rows = []
     sets = evaluate.real_sample_sets(image_size)
-    pooled = [s for dataset, samples in sets.items() if dataset in REAL_PHOTOS for s in samples]
-    train_set = synthetic_training_set(2048, 0, image_size)
-    for name in ("crop centre", "mean training pose"):
+    sets["real_photos_px"] = [s for dataset, samples in sets.items() if dataset in REAL_PHOTOS for s in samples]
+    largest = max(len(samples) for samples in sets.values())
+    baselines = evaluate.image_free_baselines(largest, image_size, synthetic_training_set(2048, 0, image_size))
+    rows = []
+    for name in evaluate.BASELINES:
         row = {"arm": name, "change": "no image looked at"}
-        for dataset, samples in sets.items():
-            prediction = evaluate.image_free_baselines(len(samples), image_size, train_set)[name]
-            row[dataset] = evaluate.score(prediction, default_collate(samples))["epe_2d_px"]
-        prediction = evaluate.image_free_baselines(len(pooled), image_size, train_set)[name]
-        row["real_photos_px"] = evaluate.score(prediction, default_collate(pooled))["epe_2d_px"]
+        for column, samples in sets.items():
+            prediction = baselines[name].select(torch.arange(len(samples)))
+            row[column] = evaluate.score(prediction, default_collate(samples))["epe_2d_px"]
         rows.append(row)
     return rows
 

@@ -1083,7 +1083,6 @@ def render_batch(indices, seed: int = 0, split: str = "train", config: SynthConf
     hand = _hand()
     size = config.image_size
     batch = len(indices)
-    held_out = config.appearance == "held_out"
     draws, grids, pixel_noise, scene_noise = _random_numbers(indices, seed, split, size)
 
     # 1. The hand: pose, orientation and shape, posed by MANO (float64: bit-identical whatever the batch).
