@@ -61,7 +61,7 @@ benchmarks: setup
 # With Python and torch already installed (no .venv): make full-checkpoints PY=python3
 MINUTES ?= 600
 full-checkpoints:
-	names=$$($(PY) -c "from handlib.registry import available_names; print(*available_names())") || exit 1; \
+	names=$$($(PY) -c "from handlib.registry import shipped_names; print(*shipped_names())") || exit 1; \
 	for name in $$names; do \
 	  $(PY) -m handlib train $$name --profile full --minutes $(MINUTES) && \
 	  $(PY) -m handlib export $$name --profile full || exit 1; \

@@ -13,7 +13,7 @@ about an hour)::
     .venv/bin/python benchmarks/cai_label_fraction.py --profile full --fractions 5,100 --steps 1200
 
 Runs resume (``data/runs/cai_label_fraction/``); the table is printed and written to
-``data/results/cai_label_fraction.json`` (``--out``), which chapter 3 plots (``plot_label_fraction``).
+``data/results/cai_label_fraction.json`` (``--out``), which chapter 3 reads for its table and figure.
 """
 from __future__ import annotations
 
@@ -84,40 +84,6 @@ def label_fraction_experiment(percents=(1, 5, 25, 100), profile: str = "quick", 
             print(f"{name}: 3D EPE {metrics['epe_3d_mm']:.1f} mm, AUC {metrics['auc_20_50']:.3f} "
                   f"({result.wall_time_s:.0f} s)", file=sys.stderr)
     return rows
-
-
-def plot_label_fraction(rows: list[dict], ax_error=None):
-    """3D EPE (left axis) and AUC 20-50 mm (right axis) against the label fraction, with and without
-    L_dep, on one figure (matplotlib).
-
-    Returns:
-        the matplotlib Figure.
-    """
-    import matplotlib.pyplot as plt
-
-    if ax_error is None:
-        figure, ax_error = plt.subplots(figsize=(6.5, 4))
-    else:
-        figure = ax_error.figure
-    ax_auc = ax_error.twinx()
-    for depth, style in ((True, "-"), (False, "--")):
-        arm = sorted((row for row in rows if row["depth"] == depth), key=lambda row: row["label_percent"])
-        if not arm:
-            continue
-        label = "with L_dep" if depth else "without L_dep"
-        percents = [row["label_percent"] for row in arm]
-        ax_error.plot(percents, [row["epe_3d_mm"] for row in arm], "o" + style, color="tab:blue",
-                      label=f"3D EPE, {label}")
-        ax_auc.plot(percents, [row["auc_20_50"] for row in arm], "s" + style, color="tab:orange",
-                    label=f"AUC 20-50 mm, {label}")
-    ax_error.set_xscale("log")
-    ax_error.set_xlabel("images with 3D labels (%)")
-    ax_error.set_ylabel("3D EPE (mm)", color="tab:blue")
-    ax_auc.set_ylabel("AUC 20-50 mm", color="tab:orange")
-    handles = [h for ax in (ax_error, ax_auc) for h in ax.get_legend_handles_labels()[0]]
-    ax_error.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="best")
-    figure.tight_layout()
-    return figure
 
 
 def main(argv=None) -> list[dict]:

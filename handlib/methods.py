@@ -227,9 +227,15 @@ class Stage:
 
 @dataclass(frozen=True)
 class Variant:
-    """A named change of a method's config (an ablation): ``changes`` replace config fields."""
+    """A named change of a method's config (an ablation): ``changes`` replace config fields.
+
+    ``ships``: its ``full`` checkpoint ships with handlib (a chapter reads it), and
+    ``make full-checkpoints`` trains it; False for the arms of an experiment that a benchmark script
+    trains and reports (e.g. Cai et al.'s label fractions).
+    """
     description: str
     changes: dict
+    ships: bool = True
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,13 @@ def available_names(variants: bool = True) -> list[str]:
             for variant in [None, *(method.variants if variants else ())]]
 
 
+def shipped_names() -> list[str]:
+    """The names whose ``full`` checkpoints ship with handlib (``make full-checkpoints`` trains them):
+    every method, and its variants that ship (``Variant.ships``)."""
+    return [full_name(method.name, variant) for method in METHODS.values()
+            for variant in [None, *(name for name, v in method.variants.items() if v.ships)]]
+
+
 def config_from_dict(method: Method, profile: str, values: dict):
     """The config a checkpoint stored as a dict (``dataclasses.asdict``), as the method's dataclass."""
     config = method.configs[profile]

@@ -170,6 +170,9 @@ def test_the_registry_finds_methods_and_variants_by_name():
     names = registry.available_names()
     assert "zimmermann2017:direct" in names and names.index("zimmermann2017") < names.index("zimmermann2017:direct")
     assert "backbone" in names and not any(":" in name for name in registry.available_names(variants=False))
+    shipped = registry.shipped_names()                       # what make full-checkpoints trains
+    assert "zimmermann2017:direct" in shipped and "cai2018" in shipped and "cai2018:labels5" in names
+    assert not any(name.startswith("cai2018:") for name in shipped), "the label-fraction arms do not ship"
 
 
 def test_registry_errors_name_the_known_methods_and_variants():
