@@ -54,7 +54,7 @@ from handlib.methods import ImageTraining, LossContext, Method, Prediction, Sche
     synthetic_test_set
 from handlib.models import backbone
 from handlib.models.backbone import conv_bn_relu, keypoints_from_score_maps
-from handlib.skeleton import MIDDLE_MCP, NUM_KEYPOINTS, WRIST
+from handlib.skeleton import NUM_KEYPOINTS, WRIST
 
 # Pose coefficients in the hand model's PCA basis. Measured on 2000 poses of the course's prior
 # (the synthetic hands' poses), projected on the first P components around ``hands_mean``: the
@@ -68,9 +68,6 @@ NUM_BETAS = 10
 # on 256 px crops cut 2.2 times the hand's box is 2.1 crop sides per metre; our crops are cut closer
 # (1.25 to 1.6 times the keypoints' box) around smaller (grasping) hands, hence the larger scale.
 INITIAL_SCALE = 5.7
-# The translation's offset is the crop's centre (the fitted t: 63.5 +- 17 px at 128 px), with the
-# hand's centre, the middle finger's MCP, as origin of the weak-perspective camera (``CAMERA_ORIGIN``).
-CAMERA_ORIGIN = MIDDLE_MCP
 # L_3D's length unit: 1 dm. See ``Boukhayma2019Config``.
 LENGTH_UNIT_3D = 0.1
 INPUTS = ("rgb", "rgb2d", "2d")
@@ -90,6 +87,23 @@ def _check_shape(name: str, value, shape: tuple, unit: str = "") -> None:
                          for i, size in enumerate(shape))
         got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
         raise ValueError(f"{name}: expected a tensor of shape ({want}){unit}, got {got}")
+
+
+def hand_centre(keypoints: torch.Tensor) -> torch.Tensor:
+    """The origin of the weak-perspective camera: the centre of the keypoints' bounding box.
+
+    The course's crops are cut around the 2D keypoints' box (``handlib.data.synth``), so with this
+    origin the translation t is the crop's centre up to the crop's jitter, and the offset
+    t0 = (S / 2, S / 2) puts a new network's hand in the middle of the crop.
+
+    Args:
+        keypoints: (B, 21, 3) metres.
+
+    Returns:
+        (B, 1, 3): (max_j X_j + min_j X_j) / 2, per axis.
+    """
+    _check_shape("keypoints", keypoints, (None, NUM_KEYPOINTS, 3), " in metres")
+    return (keypoints.amax(1, keepdim=True) + keypoints.amin(1, keepdim=True)) / 2
 
 
 def project_weak_perspective(points: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
@@ -318,7 +332,7 @@ class Boukhayma2019(nn.Module):
         camera, global_orient = parameters[:, :3], parameters[:, 3:6]
         hand_pose, betas = parameters[:, 6:6 + pca], parameters[:, 6 + pca:]
         mano = self.mano(hand_pose=hand_pose, betas=betas, global_orient=global_orient)
-        centre = mano.joints[:, CAMERA_ORIGIN:CAMERA_ORIGIN + 1]                         # (B, 1, 3)
+        centre = hand_centre(mano.joints)                                               # (B, 1, 3)
         root = mano.joints[:, WRIST:WRIST + 1]
         return {"camera": camera, "global_orient": global_orient, "hand_pose": hand_pose, "betas": betas,
                 "full_pose": mano.full_pose,
@@ -411,7 +425,7 @@ def silhouette_mask_loss(vertices: torch.Tensor, camera: torch.Tensor, faces: to
     projects where x_2D = s X_xy + t puts it), and M the mask averaged on that grid.
 
     Args:
-        vertices: (B, V, 3) metres, origin ``CAMERA_ORIGIN`` (as ``camera`` expects).
+        vertices: (B, V, 3) metres, origin ``hand_centre`` of the keypoints (as ``camera`` expects).
         camera: (B, 3) [s, t_x, t_y].
         faces: (F, 3) long.
         mask: (B, H, W). has_mask: (B,).
@@ -466,7 +480,7 @@ def boukhayma2019_loss(model: Boukhayma2019, batch: dict, context: LossContext) 
     if config.mask_term == "vertices":
         terms["mask"] = vertex_mask_loss(out["vertices_2d"], batch["mask"], batch["has_mask"])
     else:
-        centred = out["vertices"] - out["keypoints_3d"][:, CAMERA_ORIGIN:CAMERA_ORIGIN + 1]
+        centred = out["vertices"] - hand_centre(out["keypoints_3d"])
         terms["mask"] = silhouette_mask_loss(centred, out["camera"], model.mano.faces, batch["mask"],
                                              batch["has_mask"], config.silhouette_size, config.silhouette_sigma)
     terms["reg"] = regularisation_loss(out["hand_pose"], out["betas"], config.weight_beta)
@@ -511,11 +525,11 @@ def parameter_targets(layer: ManoLayer, batch: dict) -> dict:
 
     Returns:
         dict: "camera" (B, 3) the least-squares weak perspective of the true keypoints about
-        ``CAMERA_ORIGIN`` (``fit_weak_perspective``), "rotation" (B, 3, 3) the global rotation,
+        their ``hand_centre`` (``fit_weak_perspective``), "rotation" (B, 3, 3) the global rotation,
         "hand_pose" (B, P), "betas" (B, 10).
     """
     pose, keypoints_3d = torch.nan_to_num(batch["pose"]), torch.nan_to_num(batch["keypoints_3d"])
-    centred = keypoints_3d - keypoints_3d[:, CAMERA_ORIGIN:CAMERA_ORIGIN + 1]
+    centred = keypoints_3d - hand_centre(keypoints_3d)
     return {"camera": fit_weak_perspective(centred, torch.nan_to_num(batch["keypoints_2d"])),
             "rotation": axis_angle_to_matrix(pose[:, :3]), "hand_pose": pca_coefficients(layer, pose),
             "betas": torch.nan_to_num(batch["betas"])}
