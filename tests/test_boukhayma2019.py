@@ -207,15 +207,18 @@ def test_every_image_term_is_zero_on_a_perfect_prediction(flat_layer):
     with torch.no_grad():
         out = model(batch["image"])
     perfect = {**batch, "keypoints_2d": out["keypoints_2d"]}            # the weak perspective's own 2D
-    total, terms = bk.boukhayma2019_loss(model, perfect, context())
+    with torch.no_grad():
+        total, terms = bk.boukhayma2019_loss(model, perfect, context())
     assert float(terms["keypoints_2d"]) == pytest.approx(0.0, abs=1e-4)
     assert float(terms["keypoints_3d"]) == pytest.approx(0.0, abs=1e-6)
     assert float(terms["mask"]) == 0.0 and float(total) == pytest.approx(0.0, abs=1e-3)
     # The real 2D (perspective) differs from the weak perspective by a little; a wrong pose by much.
-    _, real = bk.boukhayma2019_loss(model, batch, context())
+    with torch.no_grad():
+        _, real = bk.boukhayma2019_loss(model, batch, context())
     assert 0 < float(real["keypoints_2d"]) < 1.0
     answering(model, parameters + torch.cat([torch.zeros(6), 0.5 * torch.ones(bk.NUM_PCA_COMPONENTS), torch.zeros(10)]))
-    _, wrong = bk.boukhayma2019_loss(model, batch, context())
+    with torch.no_grad():
+        _, wrong = bk.boukhayma2019_loss(model, batch, context())
     assert float(wrong["keypoints_2d"]) > 1.0 and float(wrong["keypoints_3d"]) > 1e-3 and float(wrong["reg"]) > 0
 
 
