@@ -241,6 +241,7 @@ def test_the_pca_targets_and_the_model_rebuild_the_true_hand(flat_layer):
         bk.pca_coefficients(model.mano, torch.zeros(2, 44))
 
 
+@torch.no_grad()
 def test_the_pretraining_loss_is_zero_on_the_true_parameters(flat_layer):
     model = build()
     batch = default_collate(hand_samples(flat_layer))
