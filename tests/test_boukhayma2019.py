@@ -160,7 +160,8 @@ def test_the_mask_term_counts_exactly_the_vertices_outside_a_known_mask():
     mask = torch.zeros(1, 8, 8)
     mask[0, :, :4] = 1.0                                                 # the left half is hand
     generator = torch.Generator().manual_seed(0)
-    columns, rows = torch.randint(-2, 10, (1, 100), generator=generator), torch.randint(0, 8, (1, 100), generator=generator)
+    columns = torch.randint(-2, 10, (1, 100), generator=generator)      # 2 columns on each side off the image
+    rows = torch.randint(0, 8, (1, 100), generator=generator)
     vertices_2d = torch.stack([columns, rows], -1).float() + 0.5         # on pixel centres, some off the image
     outside = ~((columns >= 0) & (columns < 4))
     assert float(bk.vertex_mask_loss(vertices_2d, mask, torch.ones(1))) == pytest.approx(float(outside.float().mean()))
