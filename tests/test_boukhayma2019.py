@@ -280,10 +280,18 @@ def test_gradients_reach_the_encoder_through_mano_and_the_camera(flat_layer):
     bk.keypoint_loss_2d(out["keypoints_2d"], batch["keypoints_2d"], batch["visibility"]).backward(retain_graph=True)
     assert float(out["camera"].grad.abs().sum()) > 0                     # through the camera
     assert sum(float(p.grad.abs().sum()) for p in model.encoder.parameters() if p.grad is not None) > 0
-    model.zero_grad()
-    bk.vertex_mask_loss(out["vertices_2d"], torch.zeros(4, SIZE, SIZE).index_fill_(2, torch.arange(12), 1.0),
-                        torch.ones(4)).backward()
-    assert sum(float(p.grad.abs().sum()) for p in model.encoder.parameters() if p.grad is not None) > 0
+    left_part = torch.zeros(4, SIZE, SIZE).index_fill_(2, torch.arange(12), 1.0)     # the mask misses most of the hand
+    for mask_term in bk.MASK_TERMS:                                      # both mask terms pull on the encoder
+        model.zero_grad()
+        out["camera"].grad = None
+        if mask_term == "vertices":
+            loss = bk.vertex_mask_loss(out["vertices_2d"], left_part, torch.ones(4))
+        else:
+            centred = out["vertices"] - bk.hand_centre(out["keypoints_3d"])
+            loss = bk.silhouette_mask_loss(centred, out["camera"], model.mano.faces, left_part, torch.ones(4), 16)
+        loss.backward(retain_graph=True)
+        assert float(out["camera"].grad.abs().sum()) > 0
+        assert sum(float(p.grad.abs().sum()) for p in model.encoder.parameters() if p.grad is not None) > 0
 
 
 # ---------------------------------------------------------------- inputs, predict and the 2D fit
