@@ -390,17 +390,18 @@ def test_the_ablations_drop_their_term(flat_layer):
             assert float(total) == pytest.approx(sum(weights[k] * float(terms[k]) for k in kept), rel=1e-5)
 
 
-def test_the_method_trains_through_the_loop(tmp_path, monkeypatch):
-    """Both stages, a few steps each, on 16 rendered 32-px hands."""
+@pytest.mark.parametrize("variant", ["no_reg", "rgb2d"])
+def test_the_method_trains_through_the_loop(tmp_path, monkeypatch, variant):
+    """Both stages, a few steps each, on 16 rendered 32-px hands (with the frozen detector for rgb2d)."""
     from handlib import methods
     from handlib.train import train
 
     monkeypatch.setattr(methods, "CACHE_DIR", tmp_path / "cache")           # render into the test's folder
     overrides = {**dataclasses.asdict(small_config()), "train_samples": 16, "test_samples": 8, "steps": 3,
                  "batch_size": 4, "pretrain_steps": 3}
-    result = train("boukhayma2019:no_reg", profile="quick", device="cpu", run_dir=tmp_path / "runs",
+    result = train(f"boukhayma2019:{variant}", profile="quick", device="cpu", run_dir=tmp_path / "runs",
                    progress=False, overrides=overrides)
-    assert result.finished and result.checkpoint.name == "boukhayma2019-no_reg-quick.pt"
+    assert result.finished and result.checkpoint.name == f"boukhayma2019-{variant}-quick.pt"
     assert set(result.history) == {"pretrain", "images"}
     assert set(result.history["pretrain"]) == {"total", "camera", "rotation", "hand_pose", "betas"}
     assert len(result.history["pretrain"]["total"]) == 3
