@@ -162,6 +162,24 @@ def matrix_to_quaternion(matrix: torch.Tensor) -> torch.Tensor:
     return q / q.norm(dim=-1, keepdim=True)
 
 
+def standardize_quaternion(quaternion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """q / |q|, with the sign chosen so that w >= 0 (q and -q are the same rotation).
+
+    A network that outputs raw 4-vectors (Zhou et al.'s IKNet) returns them through this: the unit
+    quaternion is the rotation, the norm is what its L_norm term pulls towards 1.
+
+    Args:
+        quaternion: (..., 4), (w, x, y, z), any norm.
+
+    Returns:
+        (unit (..., 4) with w >= 0, norm (...,) of the input).
+    """
+    _check_last(quaternion, 4, "quaternion")
+    norm = quaternion.norm(dim=-1)
+    unit = quaternion / norm[..., None].clamp_min(1e-12)
+    return torch.where(unit[..., :1] < 0, -unit, unit), norm
+
+
 def matrix_to_axis_angle(matrix: torch.Tensor) -> torch.Tensor:
     """Axis-angle (angle in [0, pi]) of a rotation matrix, through its quaternion.
 
