@@ -204,7 +204,8 @@ class Zhou2020Config(ImageTraining):
         weight_cos, weight_l2, weight_xyz, weight_norm: IKNet's loss weights (paper's not known).
         pose_solver: "iknet" (the paper), "none" (DetNet's joints are the answer; no mesh), or
             "optimisation" (the MANO fit of ``handlib.mano.fit`` to DetNet's joints: pose by optimisation).
-        shape_weight, shape_iterations: lambda_beta and the Levenberg-Marquardt iterations of ``fit_shape``.
+        shape_weight, shape_iterations, shape_limit: lambda_beta, the Levenberg-Marquardt iterations and
+            the bound on |beta_k| of ``fit_shape`` (the synthetic hands' betas lie within +-2.5).
         optimisation_steps: L-BFGS evaluations of the "optimisation" solver.
     """
     encoder: str = backbone.ENCODER
@@ -231,6 +232,7 @@ class Zhou2020Config(ImageTraining):
     pose_solver: str = "iknet"
     shape_weight: float = 1e-3
     shape_iterations: int = 10
+    shape_limit: float = 3.0
     optimisation_steps: int = 60
 
     def __post_init__(self):
@@ -396,13 +398,15 @@ class ShapeFit:
 
 
 def fit_shape(bone_ratios: torch.Tensor, basis: tuple, shape_weight: float = 1e-3, iterations: int = 10,
-              damping: float = 1e-3, betas: torch.Tensor | None = None) -> ShapeFit:
+              damping: float = 1e-3, betas: torch.Tensor | None = None, limit: float | None = None) -> ShapeFit:
     """Levenberg-Marquardt on E(beta) = sum_b (l_b(beta)/l_ref(beta) - l_hat_b)^2 + lambda_beta |beta|^2.
 
     Each iteration solves (J^T J + mu I) delta = -J^T r (``shape_fit_residuals``) per sample, keeps
     beta + delta if E went down (then mu /= 3) and else stays (mu *= 4): Gauss-Newton steps where
     the linearisation holds, gradient steps where it does not. The pose plays no part: bone
-    lengths do not change with the pose.
+    lengths do not change with the pose. With ``limit``, every step is clipped into
+    [-limit, limit] (a projected step): bone ratios far from any hand's (an untrained or lost
+    DetNet) otherwise push beta far outside the shapes the model was built from.
 
     Args:
         bone_ratios: (B, 20) target bone lengths divided by the reference bone's (W -> M0), ``BONES`` order.
@@ -411,6 +415,7 @@ def fit_shape(bone_ratios: torch.Tensor, basis: tuple, shape_weight: float = 1e-
         iterations: LM iterations.
         damping: mu at the start.
         betas: (B, K) the start, default zeros (the mean hand).
+        limit: clip beta into [-limit, limit]; None = no bound.
 
     Returns:
         ``ShapeFit``.
@@ -429,6 +434,8 @@ def fit_shape(bone_ratios: torch.Tensor, basis: tuple, shape_weight: float = 1e-
     for _ in range(iterations):
         normal = jacobian.transpose(1, 2) @ jacobian + mu[:, None, None] * eye           # (B, K, K)
         step = -torch.linalg.solve(normal, (jacobian.transpose(1, 2) @ residuals[..., None])[..., 0])
+        if limit is not None:
+            step = (current + step).clamp(-limit, limit) - current
         new_residuals, new_jacobian = shape_fit_residuals(current + step, bone_ratios, basis, shape_weight)
         new_energy = new_residuals.square().sum(1)
         better = new_energy < energy
@@ -738,7 +745,8 @@ def zhou2020_predict(model: Zhou2020, batch: dict, config: Zhou2020Config | None
     size = image.shape[-1]
     keypoints_2d = keypoints_from_score_maps(out["heatmaps"], tuple(image.shape[-2:]))       # (B, 21, 2)
     joints = out["keypoints"]                                                                # (B, 21, 3)
-    betas = fit_shape(bone_ratios_of(joints), model.basis, config.shape_weight, config.shape_iterations).betas
+    betas = fit_shape(bone_ratios_of(joints), model.basis, config.shape_weight, config.shape_iterations,
+                      limit=config.shape_limit).betas
     rest = rest_keypoints(model.basis, betas)                                                # (B, 21, 3) m
     unit = (rest[:, WRIST] - rest[:, MIDDLE_MCP]).norm(dim=-1)                               # (B,) m
     metric = (joints - joints[:, WRIST:WRIST + 1]) * unit[:, None, None]                     # (B, 21, 3) m
@@ -774,12 +782,14 @@ def zhou2020_predict(model: Zhou2020, batch: dict, config: Zhou2020Config | None
 # Pose plausibility (the paper's Figure 8)
 # --------------------------------------------------------------------------------------------
 
-def pose_implausibility(pose: torch.Tensor, prior=None) -> dict:
+def pose_implausibility(pose: torch.Tensor, prior=None, tolerance_degrees: float = 0.01) -> dict:
     """How far poses lie outside the course prior's joint limits (``handlib.mano.prior``).
 
     Args:
         pose: (B, 48) MANO axis-angles (global orientation first; it is not judged), flat-hand convention.
         prior: a ``HandPosePrior``; None = the default hand model's.
+        tolerance_degrees: an angle counts as outside when it exceeds its limit by more than this
+            (poses sampled on a limit land a rounding error beyond it).
 
     Returns:
         {"violation": (B,) sum of squared excess angles, rad^2 (``limit_violation``);
@@ -795,7 +805,7 @@ def pose_implausibility(pose: torch.Tensor, prior=None) -> dict:
     excess = torch.relu(limits[..., 0] - angles) + torch.relu(angles - limits[..., 1])     # (B, 15, 3)
     return {"violation": prior.limit_violation(pose[:, 3:]),
             "max_excess_degrees": torch.rad2deg(excess.flatten(1).max(1).values),
-            "fraction_outside": (excess > 0).float().flatten(1).mean(1)}
+            "fraction_outside": (excess > math.radians(tolerance_degrees)).float().flatten(1).mean(1)}
 
 
 # --------------------------------------------------------------------------------------------
