@@ -214,15 +214,19 @@ def test_prediction_fields_frames_and_the_ablation_solvers():
     for solver, has_mesh in (("iknet", True), ("none", False), ("optimisation", True)):
         model = build(pose_solver=solver).eval()
         prediction = zhou.zhou2020_predict(model, batch)
-        assert prediction.frame == "root_relative" and prediction.keypoints_3d.shape == (4, 21, 3)
+        assert prediction.frame == "normalized" and prediction.keypoints_3d.shape == (4, 21, 3)
         assert torch.allclose(prediction.keypoints_3d[:, 0], torch.zeros(4, 3), atol=1e-6)   # wrist at 0
         assert prediction.mano_betas.shape == (4, 10)
         assert (prediction.vertices is not None) == has_mesh and (prediction.mano_pose is not None) == has_mesh
-        if has_mesh:                                        # the fitted MANO hand: metres, a hand's palm
-            size = (prediction.keypoints_3d[:, 0] - prediction.keypoints_3d[:, 9]).norm(dim=-1)
-            assert ((0.05 < size) & (size < 0.15)).all()
+        if has_mesh:                                        # the MANO hand: its scale bone is the unit
+            bone = (prediction.keypoints_3d[:, 10] - prediction.keypoints_3d[:, 9]).norm(dim=-1)
+            assert torch.allclose(bone, torch.ones(4), atol=1e-4)
             assert prediction.vertices.shape == (4, 778, 3)
-    assert zhou.METHOD.alignment == "root_scale"
+            hand = zhou.Zhou2020(small_config()).hand(hand_pose=prediction.mano_pose[:, 3:], betas=prediction.mano_betas,
+                                                      global_orient=prediction.mano_pose[:, :3])
+            palm = (hand.joints[:, 0] - hand.joints[:, 9]).norm(dim=-1)
+            assert ((0.05 < palm) & (palm < 0.15)).all()    # MANO(pose, betas): metres, a hand's palm
+    assert zhou.METHOD.alignment == "gt_root_scale"
 
 
 def test_a_left_hand_is_answered_by_mirroring():
@@ -298,7 +302,7 @@ def test_the_method_trains_through_the_loop(tmp_path, monkeypatch):
     assert set(result.history["iknet"]) == {"total", "cos", "l2", "xyz", "norm"}
     assert set(result.history["detnet"]) == {"total", "heatmaps", "delta", "location"}
     assert all(math.isfinite(v) for stage in result.history.values() for values in stage.values() for v in values)
-    assert result.metrics["alignment"] == "root_scale" and result.metrics["num_samples"] == 8
+    assert result.metrics["alignment"] == "gt_root_scale" and result.metrics["num_samples"] == 8
     assert result.metrics["epe_3d_mm"] > 0 and result.metrics["mesh_error_mm"] > 0
 
 

@@ -69,7 +69,7 @@ from handlib.models import backbone
 from handlib.models.backbone import (conv_bn_relu, keypoints_from_score_maps, score_map_loss, score_map_size,
                                      score_map_targets)
 from handlib.skeleton import BONES, MANO_PARENTS, MIDDLE_MCP, NUM_KEYPOINTS, NUM_MANO_JOINTS, ORDER_MAPS, PARENTS, \
-    WRIST
+    SCALE_BONE, WRIST
 
 # The reference bone of the normalisation and of the shape fit: wrist -> middle MCP (W -> M0).
 REFERENCE_BONE = BONES.index((WRIST, MIDDLE_MCP))
@@ -203,7 +203,8 @@ class Zhou2020Config(ImageTraining):
         iknet_input_noise: std of the Gaussian noise added to IKNet's input joints in training, W-M0 units.
         weight_cos, weight_l2, weight_xyz, weight_norm: IKNet's loss weights (paper's not known).
         pose_solver: "iknet" (the paper), "none" (DetNet's joints are the answer; no mesh), or
-            "optimisation" (the MANO fit of ``handlib.mano.fit`` to DetNet's joints: pose by optimisation).
+            "optimisation" (``handlib.mano.fit.fit_to_keypoints_3d``: MANO's shape and pose fitted to DetNet's
+            joints, scaled to metres by the shape fit's hand; pose by optimisation, with the prior's limits).
         shape_weight, shape_iterations, shape_limit: lambda_beta, the Levenberg-Marquardt iterations and
             the bound on |beta_k| of ``fit_shape`` (the synthetic hands' betas lie within +-2.5).
         optimisation_steps: L-BFGS evaluations of the "optimisation" solver.
@@ -218,7 +219,7 @@ class Zhou2020Config(ImageTraining):
     weight_decay: float = 1e-5
     iknet_width: int = 256
     iknet_depth: int = 4
-    iknet_steps: int = 600
+    iknet_steps: int = 2000
     iknet_batch_size: int = 64
     iknet_lr: float = 1e-3
     mocap_samples: int = 4096
@@ -729,10 +730,11 @@ def zhou2020_predict(model: Zhou2020, batch: dict, config: Zhou2020Config | None
 
     Returns:
         ``Prediction`` with keypoints_2d (B, 21, 2) pixels of the crop (argmax of H), keypoints_3d
-        (B, 21, 3) metres, wrist at the origin, camera axes (frame "root_relative"; the size is the
-        fitted shape's, so the method's alignment "root_scale" takes the scale from the truth),
-        mano_betas (B, 10); with the "iknet" and "optimisation" solvers also vertices (B, 778, 3),
-        same frame, and mano_pose (B, 48). Extras: "heatmaps", "keypoints_normalized" (DetNet's X),
+        (B, 21, 3) wrist at the origin, camera axes, in units of the fitted hand's middle MCP-PIP bone
+        (frame "normalized", as chapters 2 and 3: the method's alignment "gt_root_scale" multiplies
+        by the true bone; DetNet's own W-M0 units would need its predicted bone, noisier), mano_betas
+        (B, 10); with the "iknet" and "optimisation" solvers also vertices (B, 778, 3), same frame,
+        and mano_pose (B, 48) (MANO(mano_pose, mano_betas) is the hand in metres). Extras: "heatmaps", "keypoints_normalized" (DetNet's X),
         "quaternions" (IKNet's, "iknet" only).
     """
     config = config or model.config
@@ -759,13 +761,19 @@ def zhou2020_predict(model: Zhou2020, batch: dict, config: Zhou2020Config | None
     elif config.pose_solver == "optimisation":
         from handlib.mano.fit import fit_to_keypoints_3d
 
-        with torch.enable_grad():
-            fit = fit_to_keypoints_3d(model.hand, metric, steps=config.optimisation_steps, fit_betas=False)
-        pose = torch.cat([fit.global_orient, fit.hand_pose], 1).detach()
+        with torch.enable_grad():                       # shape and pose fitted together, from the mean hand
+            fit = fit_to_keypoints_3d(model.hand, metric, steps=config.optimisation_steps)
+        pose, betas = torch.cat([fit.global_orient, fit.hand_pose], 1).detach(), fit.betas.detach()
         hand = model.hand(hand_pose=pose[:, 3:], betas=betas, global_orient=pose[:, :3])
+        rest = rest_keypoints(model.basis, betas)
     if pose is not None:
         wrist = hand.joints[:, WRIST:WRIST + 1]
         metric, vertices = hand.joints - wrist, hand.vertices - wrist
+    # In units of the fitted hand's scale bone (middle MCP -> PIP), the frame "normalized": the
+    # evaluation multiplies by the true bone ("gt_root_scale"), as for chapters 2 and 3.
+    bone = (rest[:, SCALE_BONE[1]] - rest[:, SCALE_BONE[0]]).norm(dim=-1)[:, None, None]        # (B, 1, 1) m
+    metric = metric / bone
+    vertices = None if vertices is None else vertices / bone
     sign = torch.where(left, -1.0, 1.0).to(metric)[:, None, None]
     keypoints_2d = torch.where(left[:, None, None], keypoints_2d * keypoints_2d.new_tensor([-1.0, 1.0])
                                + keypoints_2d.new_tensor([size, 0.0]), keypoints_2d)
@@ -774,7 +782,7 @@ def zhou2020_predict(model: Zhou2020, batch: dict, config: Zhou2020Config | None
     if vertices is not None:
         vertices = torch.where(sign < 0, vertices * mirror_x, vertices)
         pose = torch.where(left[:, None], _mirror_pose(pose), pose)
-    return Prediction(keypoints_2d=keypoints_2d, keypoints_3d=metric, frame="root_relative", vertices=vertices,
+    return Prediction(keypoints_2d=keypoints_2d, keypoints_3d=metric, frame="normalized", vertices=vertices,
                       mano_pose=pose, mano_betas=betas, extras=extras)
 
 
@@ -853,4 +861,4 @@ METHOD = Method(
     name="zhou2020",
     description="Zhou et al. 2020: DetNet (heat, delta, location maps) + shape fit + IKNet trained on pose data",
     configs=CONFIGS, build_model=Zhou2020, stages=_stages, predict=zhou2020_predict, test_data=synthetic_test_set,
-    alignment="root_scale", initialize=_initialize, variants=VARIANTS)
+    alignment="gt_root_scale", initialize=_initialize, variants=VARIANTS)
