@@ -16,7 +16,6 @@ from handlib.methods import LossContext
 from handlib.models import zhou2020 as zhou
 from handlib.registry import get_method
 from handlib.runtime import torch_threads
-from handlib.skeleton import BONES
 
 
 @pytest.fixture(autouse=True)
@@ -222,8 +221,8 @@ def test_prediction_fields_frames_and_the_ablation_solvers():
             bone = (prediction.keypoints_3d[:, 10] - prediction.keypoints_3d[:, 9]).norm(dim=-1)
             assert torch.allclose(bone, torch.ones(4), atol=1e-4)
             assert prediction.vertices.shape == (4, 778, 3)
-            hand = zhou.Zhou2020(small_config()).hand(hand_pose=prediction.mano_pose[:, 3:], betas=prediction.mano_betas,
-                                                      global_orient=prediction.mano_pose[:, :3])
+            pose, betas = prediction.mano_pose, prediction.mano_betas
+            hand = model.hand(hand_pose=pose[:, 3:], betas=betas, global_orient=pose[:, :3])
             palm = (hand.joints[:, 0] - hand.joints[:, 9]).norm(dim=-1)
             assert ((0.05 < palm) & (palm < 0.15)).all()    # MANO(pose, betas): metres, a hand's palm
     assert zhou.METHOD.alignment == "gt_root_scale"
