@@ -856,8 +856,9 @@ def _initialize(model: Zhou2020, config: Zhou2020Config) -> None:
 
 
 CONFIGS = {
-    # Live in the notebook and in CI, from the shipped backbone: measured 3 minutes on one core of a
-    # busy 2-core CPU (IKNet 2000 steps at 0.01 s, DetNet 200 steps at 0.95 s, the 256 test images).
+    # Live in the notebook and in CI, from the shipped backbone: measured 231 s on one core of a busy
+    # 2-core CPU (IKNet 2000 steps at 0.01 s, DetNet 200 steps at about 1 s, the 256 test images):
+    # 2D 16.5 px, 3D EPE 68.9 mm (gt_root_scale), Procrustes 24.1 mm, mesh 18.8 mm (seed 0).
     "quick": Zhou2020Config(),
     # What ships (proposed, not yet trained): about 55 minutes on one core of a busy 2-core CPU, from
     # the measured steps: IKNet 1024 x 6 at 0.12 s a step of 128 (6000 steps: 12 min; its 65 536 poses
