@@ -271,6 +271,7 @@ def test_the_method_its_stages_and_variants():
     assert method is zhou.METHOD and method.config("quick", variant).posdata_samples == 0
     assert {"no_iknet", "pose_by_optimisation", "no_rotation_loss", "no_posdata", "no_l2", "no_cos"} \
         == set(method.variants)
+    assert not any(v.ships for v in method.variants.values())                       # experiment arms only
     changed = {name: method.config("quick", name) for name in method.variants}
     assert changed["no_rotation_loss"].weight_cos == changed["no_rotation_loss"].weight_l2 == 0.0
     assert changed["no_l2"].weight_l2 == 0.0 and changed["no_l2"].weight_cos > 0

@@ -868,14 +868,18 @@ CONFIGS = {
                            iknet_batch_size=128, mocap_samples=32_768, posdata_samples=32_768),
 }
 
+# The ablation's arms (``benchmarks`` trains them; none ships). "no_iknet" and "pose_by_optimisation"
+# need no training of their own: they read the shipped DetNet with another ``pose_solver``
+# (``evaluate_model(..., predict=...)`` with ``dataclasses.replace(config, pose_solver=...)``).
 VARIANTS = {
-    "no_iknet": Variant("DetNet's joints are the answer (no IKNet, no mesh)", {"pose_solver": "none"}),
+    "no_iknet": Variant("DetNet's joints are the answer (no IKNet, no mesh)", {"pose_solver": "none"}, ships=False),
     "pose_by_optimisation": Variant("MANO fitted to DetNet's joints by optimisation instead of IKNet",
-                                    {"pose_solver": "optimisation"}),
-    "no_rotation_loss": Variant("IKNet without L_cos and L_l2 (joints only)", {"weight_cos": 0.0, "weight_l2": 0.0}),
-    "no_posdata": Variant("IKNet without 3DPosData (MoCap only)", {"posdata_samples": 0}),
-    "no_l2": Variant("IKNet without L_l2", {"weight_l2": 0.0}),
-    "no_cos": Variant("IKNet without L_cos", {"weight_cos": 0.0}),
+                                    {"pose_solver": "optimisation"}, ships=False),
+    "no_rotation_loss": Variant("IKNet without L_cos and L_l2 (joints only)", {"weight_cos": 0.0, "weight_l2": 0.0},
+                                ships=False),
+    "no_posdata": Variant("IKNet without 3DPosData (MoCap only)", {"posdata_samples": 0}, ships=False),
+    "no_l2": Variant("IKNet without L_l2", {"weight_l2": 0.0}, ships=False),
+    "no_cos": Variant("IKNet without L_cos", {"weight_cos": 0.0}, ships=False),
 }
 
 METHOD = Method(
