@@ -234,15 +234,8 @@ def test_a_left_hand_is_answered_by_mirroring():
     from handlib.predict import predict_images
 
     model = build().eval()
-    batch = fake_batch(2)
-    image = batch["image"][0]
-    left = zhou.zhou2020_predict(model, {"image": torch.stack([image, mirror_image(image)]),
-                                         "is_right": torch.tensor([1.0, 0.0])})
-    right, mirrored = left.select([0]), left.select([1])
-    assert torch.allclose(mirrored.keypoints_2d[..., 0], 32 - right.keypoints_2d[..., 0])
-    assert torch.allclose(mirrored.keypoints_3d, right.keypoints_3d * torch.tensor([-1.0, 1.0, 1.0]), atol=1e-6)
-    assert torch.allclose(mirrored.vertices, right.vertices * torch.tensor([-1.0, 1.0, 1.0]), atol=1e-6)
-    # The same through the course's photo pipeline, which mirrors a left hand itself.
+    image = fake_batch(2)["image"][0]
+    # The course's photo pipeline mirrors a left hand before and after the method.
     hands = predict_images(zhou.METHOD, model, model.config, [image, mirror_image(image)], [True, False])
     assert torch.allclose(hands[1]["keypoints_3d"], hands[0]["keypoints_3d"] * torch.tensor([-1.0, 1.0, 1.0]),
                           atol=1e-6)

@@ -726,21 +726,16 @@ class Zhou2020(nn.Module):
         return {"quaternions": quaternions, "pose": pose, "hand": hand}
 
 
-def _mirror_pose(pose: torch.Tensor) -> torch.Tensor:
-    """The axis-angles of the mirrored hand (x -> -x): (a, b, c) -> (a, -b, -c) per joint. (B, 48) -> (B, 48)."""
-    return pose * pose.new_tensor([1.0, -1.0, -1.0]).repeat(pose.shape[-1] // 3)
-
-
 @torch.no_grad()
 def zhou2020_predict(model: Zhou2020, batch: dict, config: Zhou2020Config | None = None) -> Prediction:
     """Images -> DetNet -> shape fit -> IKNet -> MANO.
 
-    A left hand (``batch["is_right"]`` 0) is mirrored before DetNet, and its answer mirrored back
-    (u -> S - u, x -> -x, MANO axis-angles (a, b, c) -> (a, -b, -c)): the model knows right hands.
+    Right hands: a left hand is mirrored before and after by the course's photo pipeline
+    (``handlib.predict.predict_images``) and evaluation (``mirror_sample``), as for every method.
 
     Args:
         model: a ``Zhou2020``.
-        batch: "image" (B, 3, S, S) in [0, 1]; "is_right" (B,) optional (all right).
+        batch: "image" (B, 3, S, S) in [0, 1], right hands.
         config: the run's config (default the model's); its ``pose_solver`` decides step 3.
 
     Returns:
@@ -755,12 +750,7 @@ def zhou2020_predict(model: Zhou2020, batch: dict, config: Zhou2020Config | None
     """
     config = config or model.config
     image = batch["image"]
-    is_right = batch.get("is_right")
-    left = torch.zeros(len(image), dtype=torch.bool, device=image.device) if is_right is None \
-        else ~(torch.as_tensor(is_right, device=image.device) > 0.5)
-    image = torch.where(left[:, None, None, None], image.flip(-1), image)
     out = model(image)
-    size = image.shape[-1]
     keypoints_2d = keypoints_from_score_maps(out["heatmaps"], tuple(image.shape[-2:]))       # (B, 21, 2)
     joints = out["keypoints"]                                                                # (B, 21, 3)
     betas = fit_shape(bone_ratios_of(joints), model.basis, config.shape_weight, config.shape_iterations,
@@ -790,14 +780,6 @@ def zhou2020_predict(model: Zhou2020, batch: dict, config: Zhou2020Config | None
     bone = (rest[:, SCALE_BONE[1]] - rest[:, SCALE_BONE[0]]).norm(dim=-1)[:, None, None]        # (B, 1, 1) m
     metric = metric / bone
     vertices = None if vertices is None else vertices / bone
-    sign = torch.where(left, -1.0, 1.0).to(metric)[:, None, None]
-    keypoints_2d = torch.where(left[:, None, None], keypoints_2d * keypoints_2d.new_tensor([-1.0, 1.0])
-                               + keypoints_2d.new_tensor([size, 0.0]), keypoints_2d)
-    mirror_x = metric.new_tensor([-1.0, 1.0, 1.0])
-    metric = torch.where(sign < 0, metric * mirror_x, metric)
-    if vertices is not None:
-        vertices = torch.where(sign < 0, vertices * mirror_x, vertices)
-        pose = torch.where(left[:, None], _mirror_pose(pose), pose)
     return Prediction(keypoints_2d=keypoints_2d, keypoints_3d=metric, frame="normalized", vertices=vertices,
                       mano_pose=pose, mano_betas=betas, extras=extras)
 
