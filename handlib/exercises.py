@@ -16,7 +16,24 @@ the student's (the answer replaced by ``raise NotImplementedError()``), and the 
 check on both: the stub must fail with a message that says what to do, the answer must pass.
 
 A check compares the student's function with the course's own implementation (the one handlib
-uses) on seeded inputs, including the edge cases, and names the first thing that differs.
+uses) on seeded inputs, including the edge cases, and names the first thing that differs. An
+experiment ("run this and read a number") is an exercise too: a function without arguments that
+returns the number, so that its stub fails the check the same way.
+
+Answers to the questions in the text live in **instructor-only cells**: a markdown cell whose first
+line is ``<!-- INSTRUCTOR -->`` (the marker is an HTML comment, invisible when rendered), holding a
+collapsed block::
+
+    <!-- INSTRUCTOR -->
+    <details><summary><b>Answer</b> (instructor version only)</summary>
+
+    The answer, in markdown.
+
+    </details>
+
+(A cell tagged ``instructor`` counts too.) ``student_notebook`` removes these cells, stubs every
+solution and clears the outputs of the exercise and check cells; ``write_student_notebooks`` (what
+``make student`` and ``python -m handlib student`` run) writes the student versions of the notebooks.
 """
 from __future__ import annotations
 
