@@ -336,7 +336,7 @@ def check_shape_blend(shape_blend) -> None:
 
 
 def check_kinematic_chain(kinematic_chain) -> None:
-    """Chapter 1, exercise 2: the kinematic chain as a loop over the joints.
+    """Chapter 1, exercise 3: the kinematic chain as a loop over the joints.
 
     ``kinematic_chain(rotations, joints, parents)``: (B, J, 3, 3) local rotations, (B, J, 3) rest
     joints, J parents (-1 for the root, parents first) -> world rotation (B, J, 3, 3) and world
@@ -390,7 +390,7 @@ def check_kinematic_chain(kinematic_chain) -> None:
 
 
 def check_hand_lengths(hand_lengths) -> None:
-    """Chapter 1, exercise 3 (an experiment): ``hand_lengths()`` returns the wrist-to-middle-fingertip
+    """Chapter 1, exercise 2 (an experiment): ``hand_lengths()`` returns the wrist-to-middle-fingertip
     length (keypoints 0 and 12) of 1000 hands with beta ~ N(0, I), in millimetres, shape (1000,).
 
     Compares the spread (2.5th, 50th, 97.5th percentiles) with the course's own draw, and prints it
