@@ -443,7 +443,7 @@ def _hands(seed: int = 0) -> torch.Tensor:
 
 
 def check_canonical(canonical) -> None:
-    """Chapter 2, exercise 1: the canonical frame.
+    """Chapter 2, exercise 2: the canonical frame.
 
     ``canonical(keypoints_3d)``: (B, 21, 3) metres, right hands -> (B, 21, 3): root-relative, divided
     by the middle MCP-PIP bone (9-10), rotated so that keypoint 9 lies on +y and keypoint 17 in the xy
@@ -492,7 +492,7 @@ def _errors(seed: int = 0):
 
 
 def check_pck(pck) -> None:
-    """Chapter 2, exercise 2: PCK from errors.
+    """Chapter 2, exercise 3: PCK from errors.
 
     ``pck(errors, thresholds)``: errors (N, K) numpy, NaN where a keypoint is hidden; thresholds (T,)
     -> (T,): for each threshold t, the fraction of each keypoint's *valid* errors that are <= t,
@@ -540,7 +540,7 @@ def check_pck(pck) -> None:
 
 
 def check_readout_error(readout_error) -> None:
-    """Chapter 2, exercise 3 (an experiment): ``readout_error()`` returns the mean distance, in pixels of a 128 px image, between
+    """Chapter 2, exercise 1 (an experiment): ``readout_error()`` returns the mean distance, in pixels of a 128 px image, between
     1000 random keypoints (uniform in [8, 120) px, ``torch.rand`` with seed 0) and their argmax read-out
     (``heatmap_argmax``) from their own 32 x 32 target maps (``zb.score_map_targets``).
 
