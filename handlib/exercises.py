@@ -431,15 +431,15 @@ def check_hand_lengths(hand_lengths) -> None:
 def _hands(seed: int = 0) -> torch.Tensor:
     """(4, 21, 3) metres: four hands of the synthetic engine's pose prior, turned and placed at random."""
     from handlib.geometry import axis_angle_to_matrix
+    from handlib.mano.prior import sample_poses
 
     hand = _model_tensors()
     generator = torch.Generator().manual_seed(seed)
-    from handlib.mano.prior import sample_poses
-
     with torch.no_grad():
         joints = hand(hand_pose=sample_poses(4, generator=seed), betas=torch.randn(4, 10, generator=generator)).joints
     turn = axis_angle_to_matrix(2.0 * torch.randn(4, 3, generator=generator))
-    return joints @ turn.transpose(1, 2) + torch.tensor([0.0, 0.0, 0.5]) + 0.05 * torch.randn(4, 1, 3, generator=generator)
+    placed = torch.tensor([0.0, 0.0, 0.5]) + 0.05 * torch.randn(4, 1, 3, generator=generator)
+    return joints @ turn.transpose(1, 2) + placed
 
 
 def check_canonical(canonical) -> None:
@@ -475,7 +475,8 @@ def check_canonical(canonical) -> None:
                             "component along y (Gram-Schmidt), normalised")
     if not torch.allclose(answer, expected, atol=1e-4):
         worst = (answer - expected).norm(dim=-1).max().item()
-        raise ExerciseError(f"off by up to {worst:.3f} bone units; check the scale bone (9-10) and the order of the axes")
+        raise ExerciseError(f"off by up to {worst:.3f} bone units; check the scale bone (9-10) and the order of "
+                            "the axes")
     print("canonical: correct (the same as handlib.models.zimmermann2017.canonical_frame)")
 
 
@@ -540,9 +541,10 @@ def check_pck(pck) -> None:
 
 
 def check_readout_error(readout_error) -> None:
-    """Chapter 2, exercise 1 (an experiment): ``readout_error()`` returns the mean distance, in pixels of a 128 px image, between
-    1000 random keypoints (uniform in [8, 120) px, ``torch.rand`` with seed 0) and their argmax read-out
-    (``heatmap_argmax``) from their own 32 x 32 target maps (``zb.score_map_targets``).
+    """Chapter 2, exercise 1 (an experiment): ``readout_error()`` returns the mean distance, in pixels
+    of a 128 px image, between 1000 random keypoints (uniform in [8, 120) px, ``torch.rand`` with
+    seed 0) and their argmax read-out (``heatmap_argmax``) from their own 32 x 32 target maps
+    (``zb.score_map_targets``).
 
     Raises:
         ExerciseError: a value far from the read-out error of this grid.

@@ -90,8 +90,11 @@ def test_typical_mistakes_of_chapters_0_to_2_are_named():
     # chapter 0
     raises(exercises.check_project, lambda points, K: (points @ K.transpose(-1, -2))[..., :2], "dividing by the depth")
     raises(exercises.check_project, lambda points, K: (points @ K)[..., :2] / (points @ K)[..., 2:], "transpose")
-    raises(exercises.check_project, lambda points, K: torch.stack(
-        [K[:, None, 0, 0] * points[..., 0], K[:, None, 1, 1] * points[..., 1]], -1) / points[..., 2:], "principal point")
+    def no_principal_point(points, K):
+        focal = torch.stack([K[:, None, 0, 0] * points[..., 0], K[:, None, 1, 1] * points[..., 1]], -1)
+        return focal / points[..., 2:]
+
+    raises(exercises.check_project, no_principal_point, "principal point")
     raises(exercises.check_patch_similarity, lambda p: (p.flatten(1) / p.flatten(1).norm(dim=1, keepdim=True))
            @ (p.flatten(1) / p.flatten(1).norm(dim=1, keepdim=True)).T, "mean")
 
@@ -107,8 +110,8 @@ def test_typical_mistakes_of_chapters_0_to_2_are_named():
     # chapter 1
     raises(exercises.check_shape_blend, lambda template, dirs, betas: torch.einsum("bk,vdk->bvd", betas, dirs),
            "template")
-    raises(exercises.check_shape_blend, lambda template, dirs, betas: template + torch.einsum("bk,vdk->bvd", betas, dirs),
-           "RuntimeError")          # 4 betas against 10 directions: the crash is reported with the shapes
+    raises(exercises.check_shape_blend,
+           lambda template, dirs, betas: template + torch.einsum("bk,vdk->bvd", betas, dirs), "RuntimeError")          # 4 betas against 10 directions: the crash is reported with the shapes
 
     def chain(reverse=False, rotate=True):
         def kinematic_chain(rotations, joints, parents):
