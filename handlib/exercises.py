@@ -16,7 +16,24 @@ the student's (the answer replaced by ``raise NotImplementedError()``), and the 
 check on both: the stub must fail with a message that says what to do, the answer must pass.
 
 A check compares the student's function with the course's own implementation (the one handlib
-uses) on seeded inputs, including the edge cases, and names the first thing that differs.
+uses) on seeded inputs, including the edge cases, and names the first thing that differs. An
+experiment ("run this and read a number") is an exercise too: a function without arguments that
+returns the number, so that its stub fails the check the same way.
+
+Answers to the questions in the text live in **instructor-only cells**: a markdown cell whose first
+line is ``<!-- INSTRUCTOR -->`` (the marker is an HTML comment, invisible when rendered), holding a
+collapsed block::
+
+    <!-- INSTRUCTOR -->
+    <details><summary><b>Answer</b> (instructor version only)</summary>
+
+    The answer, in markdown.
+
+    </details>
+
+(A cell tagged ``instructor`` counts too.) ``student_notebook`` removes these cells, stubs every
+solution and clears the outputs of the exercise and check cells; ``write_student_notebooks`` (what
+``make student`` and ``python -m handlib student`` run) writes the student versions of the notebooks.
 """
 from __future__ import annotations
 
@@ -27,6 +44,8 @@ import torch
 BEGIN_SOLUTION = "### BEGIN SOLUTION"
 END_SOLUTION = "### END SOLUTION"
 STUB = "raise NotImplementedError()"
+INSTRUCTOR_MARKER = "<!-- INSTRUCTOR -->"
+INSTRUCTOR_TAG = "instructor"
 _SOLUTION = re.compile(r"^([ \t]*)" + re.escape(BEGIN_SOLUTION) + r"[ \t]*\n.*?^[ \t]*" + re.escape(END_SOLUTION)
                        + r"[ \t]*$", re.DOTALL | re.MULTILINE)
 
@@ -78,6 +97,482 @@ def _expect_tensor(value, name: str, shape: tuple) -> torch.Tensor:
                             "where there is nothing to average, the answer should be 0")
     return value
 
+
+# --------------------------------------------------------------------------------------------
+# Student notebooks: answers out, solutions stubbed, exercise outputs cleared
+# --------------------------------------------------------------------------------------------
+
+def is_instructor_only(cell: dict) -> bool:
+    """Whether a notebook cell (nbformat dict) is for the instructor only: a markdown cell whose first
+    line is ``<!-- INSTRUCTOR -->``, or any cell tagged ``instructor``."""
+    source = cell.get("source", "")
+    source = "".join(source) if isinstance(source, list) else source
+    tagged = INSTRUCTOR_TAG in cell.get("metadata", {}).get("tags", [])
+    return tagged or (cell.get("cell_type") == "markdown" and source.lstrip().startswith(INSTRUCTOR_MARKER))
+
+
+def _is_check(source: str) -> bool:
+    return "exercises.check_" in source
+
+
+def student_notebook(notebook: dict) -> dict:
+    """The student version of a notebook (an nbformat 4 dict; the input is not changed).
+
+    * instructor-only cells (``is_instructor_only``: the answers to the text's questions) are removed;
+    * every answer between the solution markers becomes ``# YOUR CODE HERE`` and ``raise NotImplementedError()``
+      (``student_version``);
+    * the outputs and execution counts of the exercise cells and of their check cells are cleared
+      (they would show the answer); every other output stays, so the stored figures still read.
+    """
+    import copy
+
+    student = copy.deepcopy(notebook)
+    cells = []
+    for cell in student["cells"]:
+        if is_instructor_only(cell):
+            continue
+        source = cell.get("source", "")
+        source = "".join(source) if isinstance(source, list) else source
+        if cell["cell_type"] == "code" and (has_solution(source) or _is_check(source)):
+            cell["source"] = student_version(source)
+            cell["outputs"], cell["execution_count"] = [], None
+        cells.append(cell)
+    student["cells"] = cells
+    student.get("metadata", {}).pop("widgets", None)
+    return student
+
+
+def write_student_notebooks(notebooks, out_dir) -> list:
+    """Write the student version of each notebook (paths) into ``out_dir``, same file names.
+
+    Returns:
+        the written paths. Raises ValueError if a notebook's solution markers do not pair up.
+    """
+    import json
+    from pathlib import Path
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in map(Path, notebooks):
+        notebook = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            student = student_notebook(notebook)
+        except ValueError as error:
+            raise ValueError(f"{path.name}: {error}") from None
+        target = out_dir / path.name
+        target.write_text(json.dumps(student, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        written.append(target)
+    return written
+
+# --------------------------------------------------------------------------------------------
+# Chapter 0: why is it hard
+# --------------------------------------------------------------------------------------------
+
+def _cameras(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points (2, 7, 3) metres in front of two different cameras K (2, 3, 3): fx != fy, cx != cy."""
+    generator = torch.Generator().manual_seed(seed)
+    points = torch.rand(2, 7, 3, generator=generator) * torch.tensor([0.3, 0.2, 0.6]) - torch.tensor([0.15, 0.1, -0.3])
+    K = torch.tensor([[[500.0, 0.0, 64.0], [0.0, 450.0, 60.0], [0.0, 0.0, 1.0]],
+                      [[300.0, 0.0, 112.0], [0.0, 320.0, 100.0], [0.0, 0.0, 1.0]]])
+    return points, K
+
+
+def check_project(project) -> None:
+    """Chapter 0, exercise 1: the pinhole projection.
+
+    ``project(points, K)``: points (B, N, 3) in the camera frame (z forward), K (B, 3, 3) ->
+    (B, N, 2) pixels, u = fx x / z + cx, v = fy y / z + cy.
+
+    Raises:
+        ExerciseError: what differs from ``handlib.geometry.project_points``.
+    """
+    from handlib.geometry import project_points
+
+    points, K = _cameras()
+    expected = project_points(points, K)
+    answer = _expect_tensor(_call(project, "project", points.clone(), K.clone()), "project", (2, 7, 2))
+    homogeneous = points @ K.transpose(-1, -2)
+    if torch.allclose(answer, homogeneous[..., :2], atol=1e-3):
+        raise ExerciseError("you returned K X without dividing by the depth: u and v are (K X)[:2] / z, "
+                            "which is why every point on a ray lands on the same pixel")
+    wrong_order = points @ K
+    if torch.allclose(answer, wrong_order[..., :2] / wrong_order[..., 2:], atol=1e-3):
+        raise ExerciseError("you multiplied by K instead of its transpose: for row vectors, K X is "
+                            "points @ K.transpose(-1, -2)")
+    if torch.allclose(answer, expected - K[:, None, :2, 2], atol=1e-3):
+        raise ExerciseError("the principal point is missing: add cx to u and cy to v (K[:, 0, 2], K[:, 1, 2])")
+    swapped = torch.stack([K[:, None, 1, 1] * points[..., 0], K[:, None, 0, 0] * points[..., 1]], -1) / points[..., 2:]
+    if torch.allclose(answer, swapped + K[:, None, :2, 2], atol=1e-3):
+        raise ExerciseError("fx and fy are swapped: u uses fx = K[0, 0], v uses fy = K[1, 1]")
+    if torch.allclose(answer, expected[:, :1].expand_as(expected), atol=1e-3) or \
+            torch.allclose(answer, project_points(points, K[:1].expand_as(K)), atol=1e-3):
+        raise ExerciseError("each sample has its own camera: project the points of sample b with K[b]")
+    if not torch.allclose(answer, expected, atol=1e-3):
+        worst = (answer - expected).norm(dim=-1).max().item()
+        raise ExerciseError(f"some pixels are off by up to {worst:.2f} px; u = fx x / z + cx, v = fy y / z + cy")
+    print("project: correct (the same as handlib.geometry.project_points, two cameras)")
+
+
+def _patches(seed: int = 0) -> torch.Tensor:
+    """(5, 3, 6, 6): two patches alike up to brightness and contrast, two random ones, one uniform."""
+    generator = torch.Generator().manual_seed(seed)
+    first = torch.rand(3, 6, 6, generator=generator)
+    others = torch.rand(2, 3, 6, 6, generator=generator)
+    return torch.stack([first, 0.5 * first + 0.3, *others, torch.full((3, 6, 6), 0.5)])
+
+
+def check_patch_similarity(similarity) -> None:
+    """Chapter 0, exercise 2: normalised cross-correlation between patches.
+
+    ``similarity(patches)``: (N, C, h, w) -> (N, N), entry (i, j) the correlation of the two patches'
+    pixel values (each patch flattened, its mean subtracted, divided by its norm); 1 for two patches
+    alike up to brightness and contrast, 0 for a uniform patch (it has no contrast to correlate).
+
+    Raises:
+        ExerciseError: what differs from ``handlib.viz.challenges.patch_similarity``.
+    """
+    from handlib.viz.challenges import patch_similarity
+
+    patches = _patches()
+    expected = patch_similarity(patches)
+    answer = _call(similarity, "similarity", patches.clone())
+    if torch.is_tensor(answer) and answer.shape == (5, 5) and not torch.isfinite(answer).all():
+        raise ExerciseError("NaN: the last patch is uniform, so its norm after subtracting the mean is 0; "
+                            "divide by the norm clamped to a small number (clamp_min(1e-9)): its similarity "
+                            "is then 0")
+    answer = _expect_tensor(answer, "similarity", (5, 5))
+    flat = patches.flatten(1)
+    cosine = (flat / flat.norm(dim=1, keepdim=True)) @ (flat / flat.norm(dim=1, keepdim=True)).T
+    if torch.allclose(answer, cosine, atol=1e-4):
+        raise ExerciseError("that is the cosine of the raw pixels: subtract each patch's mean first, or a "
+                            "brighter copy of the same patch is not 'the same up to brightness'")
+    if abs(answer[0, 1].item() - 1) > 1e-3:
+        raise ExerciseError(f"patch 1 is patch 0 at half the contrast, plus 0.3: their similarity should be 1, "
+                            f"got {answer[0, 1].item():.3f}; divide by each patch's norm after subtracting its mean")
+    if not torch.allclose(answer, expected, atol=1e-4):
+        worst = (answer - expected).abs().max().item()
+        raise ExerciseError(f"off by up to {worst:.3f} from the normalised cross-correlation: flatten each "
+                            "patch (all channels), subtract its mean, divide by its norm, then take dot products")
+    print("similarity: correct (the same as handlib.viz.challenges.patch_similarity)")
+
+
+def check_fist_components(fist_components) -> None:
+    """Chapter 0, exercise 3 (an experiment): ``fist_components()`` returns how many principal
+    components hold 90 % of the variance of 2000 poses of one grasp, ``kind="fist"``
+    (``sample_poses(2000, generator=0, kind="fist")``).
+
+    Raises:
+        ExerciseError: a number that is not the count for fists, with the likely reason.
+    """
+    from handlib.mano.prior import sample_poses
+    from handlib.viz.challenges import pose_space_variance
+
+    def needed(kind, seed=0):
+        return int((pose_space_variance(sample_poses(2000, generator=seed, kind=kind)) < 0.9).sum()) + 1
+
+    components = _call(fist_components, "fist_components")
+    if isinstance(components, torch.Tensor):
+        components = components.item()
+    if not isinstance(components, (int, float)) or components != int(components):
+        raise ExerciseError(f"give a whole number of components, got {components!r}")
+    components, expected = int(components), needed("fist")
+    if components == needed("mixture") and components != expected:
+        raise ExerciseError(f"{components} is the count for the mixture of all grasps (the cell above); "
+                            "draw fists only: sample_poses(2000, generator=0, kind='fist')")
+    if components == expected - 1:
+        raise ExerciseError(f"{components} components hold *less* than 90 %: count the first k at which the "
+                            "cumulative variance reaches 0.9 (the number below 0.9, plus one)")
+    if components != expected:
+        raise ExerciseError(f"{components} is not what the fist poses give; compute pose_space_variance of the "
+                            "2000 fist poses and take the smallest k with explained[k - 1] >= 0.9")
+    print(f"fist poses: correct, {expected} components hold 90 % of their variance "
+          f"(the mixture of all grasps needs {needed('mixture')})")
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 1: the MANO hand model
+# --------------------------------------------------------------------------------------------
+
+def _model_tensors():
+    from handlib.mano import ManoLayer, default_model_path, load_mano
+
+    return ManoLayer(load_mano(default_model_path()))
+
+
+def check_shape_blend(shape_blend) -> None:
+    """Chapter 1, exercise 1: MANO's shape blend, T_S(beta) = T + sum_k beta_k S_k.
+
+    ``shape_blend(v_template, shapedirs, betas)``: (V, 3), (V, 3, K), (B, K') with K' <= K ->
+    (B, V, 3); with fewer coefficients than directions, the first K' directions.
+
+    Raises:
+        ExerciseError: what differs from ``handlib.mano.layer.shape_blend``.
+    """
+    from handlib.mano import layer as mano
+
+    hand = _model_tensors()
+    generator = torch.Generator().manual_seed(2)
+    betas = 1.5 * torch.randn(3, 10, generator=generator)
+    expected = mano.shape_blend(hand.v_template, hand.shapedirs, betas)
+    V = hand.v_template.shape[0]
+    answer = _expect_tensor(_call(shape_blend, "shape_blend", hand.v_template.clone(), hand.shapedirs.clone(),
+                                  betas.clone()), "shape_blend", (3, V, 3))
+    if torch.allclose(answer, expected - hand.v_template, atol=1e-6):
+        raise ExerciseError("you returned the offsets B_S(beta) only: add the template v_template")
+    if torch.allclose(answer, hand.v_template.expand_as(answer), atol=1e-7):
+        raise ExerciseError("every hand is the template: the betas were not used")
+    if not torch.allclose(answer, expected, atol=1e-6):
+        worst = 1000 * (answer - expected).norm(dim=-1).max().item()
+        raise ExerciseError(f"vertices off by up to {worst:.1f} mm: offset of vertex v, coordinate d is "
+                            "sum_k betas[b, k] * shapedirs[v, d, k] (e.g. torch.einsum('bk,vdk->bvd', ...))")
+    short = betas[:, :4]
+    answer = _expect_tensor(_call(shape_blend, "shape_blend (4 betas)", hand.v_template, hand.shapedirs, short),
+                            "shape_blend with 4 betas", (3, V, 3))
+    if not torch.allclose(answer, mano.shape_blend(hand.v_template, hand.shapedirs, short), atol=1e-6):
+        raise ExerciseError("with 10 betas it is right, with 4 it is not: use the first betas.shape[-1] shape "
+                            "directions (shapedirs[..., :k])")
+    print("shape_blend: correct (the same as handlib.mano.layer.shape_blend, with 10 and with 4 betas)")
+
+
+def check_kinematic_chain(kinematic_chain) -> None:
+    """Chapter 1, exercise 3: the kinematic chain as a loop over the joints.
+
+    ``kinematic_chain(rotations, joints, parents)``: (B, J, 3, 3) local rotations, (B, J, 3) rest
+    joints, J parents (-1 for the root, parents first) -> world rotation (B, J, 3, 3) and world
+    position (B, J, 3) of each joint: G_k = G_parent(k) [R_k | J_k - J_parent(k)].
+
+    Raises:
+        ExerciseError: what differs from ``handlib.mano.layer.kinematic_chain``.
+    """
+    from handlib.geometry import axis_angle_to_matrix
+    from handlib.mano import layer as mano
+
+    hand = _model_tensors()
+    parents = [int(p) for p in hand.parents]
+    generator = torch.Generator().manual_seed(3)
+    rotations = axis_angle_to_matrix(0.6 * torch.randn(2, len(parents), 3, generator=generator))
+    betas = torch.randn(2, 10, generator=generator)
+    joints = mano.regress_joints(hand.J_regressor, mano.shape_blend(hand.v_template, hand.shapedirs, betas))
+    expected_rotation, expected_position = mano.kinematic_chain(rotations, joints, parents)
+    answer = _call(kinematic_chain, "kinematic_chain", rotations.clone(), joints.clone(), parents)
+    if not isinstance(answer, (tuple, list)) or len(answer) != 2:
+        raise ExerciseError("return two tensors: the world rotations (B, J, 3, 3) and the world positions (B, J, 3)")
+    rotation = _expect_tensor(answer[0], "kinematic_chain's rotation", tuple(expected_rotation.shape))
+    position = _expect_tensor(answer[1], "kinematic_chain's position", tuple(expected_position.shape))
+    if not torch.allclose(rotation[:, 0], rotations[:, 0], atol=1e-5) or \
+            not torch.allclose(position[:, 0], joints[:, 0], atol=1e-6):
+        raise ExerciseError("the root (joint 0) has no parent: its world rotation is its own R_0, its position J_0")
+    if not torch.allclose(rotation, expected_rotation, atol=1e-5):
+        reversed_order = [rotations[:, 0]]
+        for k in range(1, len(parents)):
+            reversed_order.append(rotations[:, k] @ reversed_order[parents[k]])
+        if torch.allclose(rotation, torch.stack(reversed_order, 1), atol=1e-5):
+            raise ExerciseError("the product is in the wrong order: the world rotation of joint k is "
+                                "G_parent(k) @ R_k (the parent's frame first), not R_k @ G_parent(k)")
+        raise ExerciseError("the world rotations differ: each is the parent's world rotation times the joint's own")
+    unrotated = [joints[:, 0]]
+    for k in range(1, len(parents)):
+        unrotated.append(unrotated[parents[k]] + joints[:, k] - joints[:, parents[k]])
+    if torch.allclose(position, torch.stack(unrotated, 1), atol=1e-5):
+        raise ExerciseError("the bones are not turned: the offset J_k - J_parent(k) must be rotated by the "
+                            "parent's world rotation before it is added to the parent's position")
+    absolute = [joints[:, 0]]
+    for k in range(1, len(parents)):
+        absolute.append(absolute[parents[k]] + (expected_rotation[:, parents[k]] @ joints[:, k, :, None])[..., 0])
+    if torch.allclose(position, torch.stack(absolute, 1), atol=1e-5):
+        raise ExerciseError("you rotated the rest position J_k itself; rotate the bone, J_k - J_parent(k)")
+    if not torch.allclose(position, expected_position, atol=1e-5):
+        worst = 1000 * (position - expected_position).norm(dim=-1).max().item()
+        raise ExerciseError(f"the world positions are off by up to {worst:.1f} mm: position_k = position_parent + "
+                            "rotation_parent @ (J_k - J_parent)")
+    print("kinematic_chain: correct (the same as handlib.mano.layer.kinematic_chain, two random poses)")
+
+
+def check_hand_lengths(hand_lengths) -> None:
+    """Chapter 1, exercise 2 (an experiment): ``hand_lengths()`` returns the wrist-to-middle-fingertip
+    length (keypoints 0 and 12) of 1000 hands with beta ~ N(0, I), in millimetres, shape (1000,).
+
+    Compares the spread (2.5th, 50th, 97.5th percentiles) with the course's own draw, and prints it
+    beside the adult range, 170 to 220 mm.
+
+    Raises:
+        ExerciseError: lengths in the wrong unit, of one hand, or a spread unlike the model's.
+    """
+    lengths_mm = torch.as_tensor(_call(hand_lengths, "hand_lengths")).detach().float().flatten()
+    if lengths_mm.numel() != 1000:
+        raise ExerciseError(f"expected 1000 lengths, one per hand, got {lengths_mm.numel()}")
+    if lengths_mm.median() < 1:
+        raise ExerciseError("these look like metres: multiply by 1000 for millimetres")
+    hand = _model_tensors()
+    betas = torch.randn(1000, 10, generator=torch.Generator().manual_seed(123))
+    with torch.no_grad():
+        joints = hand(betas=betas).joints
+    reference = 1000 * (joints[:, 12] - joints[:, 0]).norm(dim=-1)
+    q = torch.tensor([0.025, 0.5, 0.975])
+    theirs, ours = torch.quantile(lengths_mm, q), torch.quantile(reference, q)
+    if (theirs[2] - theirs[0]) < 0.2 * (ours[2] - ours[0]):
+        raise ExerciseError(f"the lengths hardly vary ({theirs[0]:.0f} to {theirs[2]:.0f} mm): draw a new beta "
+                            "for every hand, betas = torch.randn(1000, 10)")
+    if (theirs[2] - theirs[0]) > 2.5 * (ours[2] - ours[0]):
+        raise ExerciseError(f"the spread is much wider than the model's: beta ~ N(0, I), not a larger scale")
+    if (theirs - ours).abs().max() > 6:
+        raise ExerciseError(f"your percentiles {theirs.numpy().round(0)} mm differ from the model's "
+                            f"{ours.numpy().round(0)} mm: measure from keypoint 0 (wrist) to 12 (middle tip) "
+                            "of hand(betas=betas).joints")
+    print(f"hand lengths: correct; 95 % of the model's hands measure {theirs[0]:.0f} to {theirs[2]:.0f} mm "
+          f"(median {theirs[1]:.0f}); adults: about 170 to 220 mm")
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 2: a first try (Zimmermann & Brox 2017)
+# --------------------------------------------------------------------------------------------
+
+def _hands(seed: int = 0) -> torch.Tensor:
+    """(4, 21, 3) metres: four hands of the synthetic engine's pose prior, turned and placed at random."""
+    from handlib.geometry import axis_angle_to_matrix
+    from handlib.mano.prior import sample_poses
+
+    hand = _model_tensors()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        joints = hand(hand_pose=sample_poses(4, generator=seed), betas=torch.randn(4, 10, generator=generator)).joints
+    turn = axis_angle_to_matrix(2.0 * torch.randn(4, 3, generator=generator))
+    placed = torch.tensor([0.0, 0.0, 0.5]) + 0.05 * torch.randn(4, 1, 3, generator=generator)
+    return joints @ turn.transpose(1, 2) + placed
+
+
+def check_canonical(canonical) -> None:
+    """Chapter 2, exercise 2: the canonical frame.
+
+    ``canonical(keypoints_3d)``: (B, 21, 3) metres, right hands -> (B, 21, 3): root-relative, divided
+    by the middle MCP-PIP bone (9-10), rotated so that keypoint 9 lies on +y and keypoint 17 in the xy
+    plane with x > 0 (R's rows x, y, z = x cross y).
+
+    Raises:
+        ExerciseError: what differs from ``handlib.models.zimmermann2017.canonical_frame``.
+    """
+    from handlib.models.zimmermann2017 import canonical_frame
+
+    hands = _hands()
+    frame = canonical_frame(hands)
+    expected = frame.canonical
+    answer = _expect_tensor(_call(canonical, "canonical", hands.clone()), "canonical", tuple(hands.shape))
+    if answer[:, 0].abs().max() > 1e-4:
+        raise ExerciseError("the wrist (keypoint 0) should be at the origin: subtract it first")
+    if torch.allclose(answer, expected * frame.scale[:, None, None], atol=1e-4):
+        raise ExerciseError("right shape, wrong size: divide by s, the length of the middle MCP-PIP bone "
+                            "(keypoints 9 and 10)")
+    mirrored = expected * torch.tensor([1.0, 1.0, -1.0])
+    if torch.allclose(answer, mirrored, atol=1e-4):
+        raise ExerciseError("z has the wrong sign: R's third row is z = x cross y (torch.cross(x, y)); "
+                            "y cross x gives a mirror (det R = -1), not a rotation")
+    if answer[:, 9, [0, 2]].abs().max() > 1e-3:
+        raise ExerciseError("the middle MCP (9) should lie on the +y axis (x = z = 0): y = w_rel[9] / |w_rel[9]|, "
+                            "and the result is R @ w_rel with R's rows x, y, z")
+    if answer[:, 17, 2].abs().max() > 1e-3 or (answer[:, 17, 0] <= 0).any():
+        raise ExerciseError("the pinky MCP (17) should lie in the xy plane with x > 0: x is w_rel[17] minus its "
+                            "component along y (Gram-Schmidt), normalised")
+    if not torch.allclose(answer, expected, atol=1e-4):
+        worst = (answer - expected).norm(dim=-1).max().item()
+        raise ExerciseError(f"off by up to {worst:.3f} bone units; check the scale bone (9-10) and the order of "
+                            "the axes")
+    print("canonical: correct (the same as handlib.models.zimmermann2017.canonical_frame)")
+
+
+def _errors(seed: int = 0):
+    """(30, 5) errors in mm with NaN for hidden keypoints (more in some columns, one column all NaN),
+    some exactly on a threshold; and the thresholds (11,)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    errors = rng.uniform(0, 50, (30, 5)).round(0)              # whole millimetres: many exactly on a threshold
+    errors[rng.random((30, 5)) < np.array([0.0, 0.1, 0.5, 0.8, 0.0])] = np.nan
+    errors[:, 4] = np.nan                                      # a keypoint never visible
+    return errors, np.linspace(0, 50, 11)
+
+
+def check_pck(pck) -> None:
+    """Chapter 2, exercise 3: PCK from errors.
+
+    ``pck(errors, thresholds)``: errors (N, K) numpy, NaN where a keypoint is hidden; thresholds (T,)
+    -> (T,): for each threshold t, the fraction of each keypoint's *valid* errors that are <= t,
+    averaged over the keypoints that have any valid error.
+
+    Raises:
+        ExerciseError: what differs from ``handlib.metrics.pck_curve``.
+    """
+    import numpy as np
+
+    from handlib.metrics import pck_curve
+
+    errors, thresholds = _errors()
+    expected = pck_curve(errors, thresholds)
+    answer = _call(pck, "pck", errors.copy(), thresholds.copy())
+    answer = np.asarray(answer.detach().cpu() if torch.is_tensor(answer) else answer, dtype=np.float64)
+    if answer.shape != thresholds.shape:
+        raise ExerciseError(f"pck should return one value per threshold, shape {thresholds.shape}, got {answer.shape}")
+    if np.isnan(answer).any():
+        raise ExerciseError("NaN in the curve: the last keypoint is never visible; leave it out of the mean "
+                            "(it has no error to count), and ignore NaN entries elsewhere")
+    valid = ~np.isnan(errors)
+    with np.errstate(invalid="ignore"):
+        counted_as_wrong = ((errors[None] <= thresholds[:, None, None]) & valid[None]).mean(axis=(1, 2))
+        pooled = ((errors[None] <= thresholds[:, None, None]) & valid[None]).sum(axis=(1, 2)) / valid.sum()
+        strict = pck_curve(np.where(valid, errors + 1e-9, np.nan), thresholds)
+        keypoint_zero = (((errors[None] <= thresholds[:, None, None]) & valid[None]).sum(1)
+                         / np.maximum(valid.sum(0), 1)).mean(1)
+    if np.allclose(answer, counted_as_wrong, atol=1e-6):
+        raise ExerciseError("hidden keypoints (NaN) were counted as wrong: divide by the number of valid errors "
+                            "of each keypoint, not by N")
+    if np.allclose(answer, keypoint_zero, atol=1e-6):
+        raise ExerciseError("the never-visible keypoint entered the mean as 0: average only over the keypoints "
+                            "that have a valid error")
+    if np.allclose(answer, strict, atol=1e-6) and not np.allclose(answer, expected, atol=1e-6):
+        raise ExerciseError("an error equal to the threshold counts as correct: use <=, not <")
+    if np.allclose(answer, pooled, atol=1e-6):
+        raise ExerciseError("you pooled all valid errors together; PCK takes each keypoint's fraction first, then "
+                            "the mean over keypoints (a keypoint hidden in most images weighs as much as the others)")
+    if not np.allclose(answer, expected, atol=1e-6):
+        worst = np.abs(answer - expected).max()
+        raise ExerciseError(f"off by up to {worst:.3f} from pck_curve: for each keypoint, the fraction of its "
+                            "valid errors <= t; then the mean over keypoints with any valid error")
+    print("pck: correct (the same as handlib.metrics.pck_curve, hidden keypoints and ties included)")
+
+
+def check_readout_error(readout_error) -> None:
+    """Chapter 2, exercise 1 (an experiment): ``readout_error()`` returns the mean distance, in pixels
+    of a 128 px image, between 1000 random keypoints (uniform in [8, 120) px, ``torch.rand`` with
+    seed 0) and their argmax read-out (``heatmap_argmax``) from their own 32 x 32 target maps
+    (``zb.score_map_targets``).
+
+    Raises:
+        ExerciseError: a value far from the read-out error of this grid.
+    """
+    from handlib.data.heatmaps import heatmap_argmax
+    from handlib.models import zimmermann2017 as zb
+
+    error_px = _call(readout_error, "readout_error")
+    if torch.is_tensor(error_px):
+        error_px = error_px.item()
+    if not isinstance(error_px, (int, float)):
+        raise ExerciseError(f"give the mean error as a number of pixels, got {type(error_px).__name__}")
+    keypoints = 8 + 112 * torch.rand(1, 1000, 2, generator=torch.Generator().manual_seed(0))
+    errors = []
+    for chunk in keypoints.split(100, dim=1):
+        maps = zb.score_map_targets(chunk, torch.ones(chunk.shape[:2]), 128)
+        errors.append((heatmap_argmax(maps, 128) - chunk).norm(dim=-1).flatten())
+    expected = torch.cat(errors).mean().item()
+    if error_px < 0.25 * expected:
+        raise ExerciseError(f"{error_px:.3f} px is too small: did you compare the keypoints with themselves? "
+                            "read them back from the maps with heatmap_argmax(maps, 128)")
+    if abs(error_px - expected / 4) < 0.1 * expected:
+        raise ExerciseError("that is in score-map cells, not image pixels: one cell is 128 / 32 = 4 px")
+    if abs(error_px - expected) > 0.1 * expected:
+        raise ExerciseError(f"{error_px:.2f} px is far from what this grid gives; average |argmax - keypoint| over "
+                            "all 1000 keypoints, in image pixels")
+    print(f"read-out error: correct, {expected:.2f} px on average: a point uniform in a 4 x 4 px cell lies "
+          "about 0.38 cell sides from its centre")
 
 # --------------------------------------------------------------------------------------------
 # Chapter 3: weak supervision with depth

@@ -29,7 +29,7 @@ EXERCISES = [pytest.param(*cells, id=f"{notebook.stem}-{k}")
 
 
 def test_the_chapters_have_exercises():
-    assert len(EXERCISES) >= 2, "chapter 3 has two exercises"
+    assert len(EXERCISES) >= 11, "chapters 0 to 2 have three exercises each, chapter 3 two"
 
 
 @pytest.mark.parametrize("setup, answer, check", EXERCISES)
@@ -77,3 +77,108 @@ def test_typical_mistakes_are_named():
                                  ((rendered - target) ** 2 * known).sum((1, 2)) / known.sum((1, 2)).clamp_min(1))
     with pytest.raises(exercises.ExerciseError, match="ZeroDivisionError"):
         exercises.check_depth_l1(lambda rendered, target, known: 1 / 0)
+
+
+def test_typical_mistakes_of_chapters_0_to_2_are_named():
+    """Each check names the usual wrong answer of its exercise, not just 'wrong'."""
+    import numpy as np
+
+    def raises(check, answer, match):
+        with pytest.raises(exercises.ExerciseError, match=match):
+            check(answer)
+
+    # chapter 0
+    raises(exercises.check_project, lambda points, K: (points @ K.transpose(-1, -2))[..., :2], "dividing by the depth")
+    raises(exercises.check_project, lambda points, K: (points @ K)[..., :2] / (points @ K)[..., 2:], "transpose")
+    def no_principal_point(points, K):
+        focal = torch.stack([K[:, None, 0, 0] * points[..., 0], K[:, None, 1, 1] * points[..., 1]], -1)
+        return focal / points[..., 2:]
+
+    raises(exercises.check_project, no_principal_point, "principal point")
+    raises(exercises.check_patch_similarity, lambda p: (p.flatten(1) / p.flatten(1).norm(dim=1, keepdim=True))
+           @ (p.flatten(1) / p.flatten(1).norm(dim=1, keepdim=True)).T, "mean")
+
+    def unclamped(patches):
+        flat = patches.flatten(1) - patches.flatten(1).mean(1, keepdim=True)
+        flat = flat / flat.norm(dim=1, keepdim=True)
+        return flat @ flat.T
+
+    raises(exercises.check_patch_similarity, unclamped, "uniform")
+    raises(exercises.check_fist_components, lambda: 6, "mixture")
+    raises(exercises.check_fist_components, lambda: 9, "less")
+
+    # chapter 1
+    raises(exercises.check_shape_blend, lambda template, dirs, betas: torch.einsum("bk,vdk->bvd", betas, dirs),
+           "template")
+    raises(exercises.check_shape_blend,
+           lambda template, dirs, betas: template + torch.einsum("bk,vdk->bvd", betas, dirs), "RuntimeError")          # 4 betas against 10 directions: the crash is reported with the shapes
+
+    def chain(reverse=False, rotate=True):
+        def kinematic_chain(rotations, joints, parents):
+            world, position = [rotations[:, 0]], [joints[:, 0]]
+            for k in range(1, len(parents)):
+                p = parents[k]
+                world.append(rotations[:, k] @ world[p] if reverse else world[p] @ rotations[:, k])
+                bone = joints[:, k] - joints[:, p]
+                position.append(position[p] + ((world[p] @ bone[..., None])[..., 0] if rotate else bone))
+            return torch.stack(world, 1), torch.stack(position, 1)
+        return kinematic_chain
+
+    raises(exercises.check_kinematic_chain, chain(reverse=True), "wrong order")
+    raises(exercises.check_kinematic_chain, chain(rotate=False), "not turned")
+    raises(exercises.check_hand_lengths, lambda: torch.full((1000,), 0.185), "metres")
+    raises(exercises.check_hand_lengths, lambda: torch.full((1000,), 185.0), "hardly vary")
+
+    # chapter 2
+    def canonical(mirror=False, scale=True):
+        def answer(w):
+            rel = w - w[:, :1]
+            if scale:
+                rel = rel / (rel[:, 10] - rel[:, 9]).norm(dim=-1)[:, None, None]
+            y = torch.nn.functional.normalize(rel[:, 9], dim=-1)
+            x = torch.nn.functional.normalize(rel[:, 17] - (rel[:, 17] * y).sum(-1, keepdim=True) * y, dim=-1)
+            z = torch.cross(y, x, dim=-1) if mirror else torch.cross(x, y, dim=-1)
+            return rel @ torch.stack([x, y, z], 1).transpose(1, 2)
+        return answer
+
+    raises(exercises.check_canonical, canonical(scale=False), "divide by s")
+    raises(exercises.check_canonical, canonical(mirror=True), "mirror")
+    raises(exercises.check_pck, lambda e, t: np.array([(np.nan_to_num(e, nan=np.inf) <= x).mean() for x in t]),
+           "counted as wrong")
+    raises(exercises.check_pck, lambda e, t: np.array([(e[~np.isnan(e)] <= x).mean() for x in t]), "pooled")
+    raises(exercises.check_pck, lambda e, t: np.nanmean(
+        [[(c[~np.isnan(c)] < x).mean() for x in t] for c in e.T if (~np.isnan(c)).any()], axis=0), "<=")
+    raises(exercises.check_readout_error, lambda: 1.56 / 4, "cells")
+
+
+def test_student_notebooks_hold_no_answer(tmp_path):
+    """`make student`: every notebook's student version is valid nbformat, with stubs for the solutions,
+    no instructor cell, and no output left in an exercise or check cell."""
+    import nbformat
+
+    written = exercises.write_student_notebooks(NOTEBOOKS, tmp_path)
+    assert [path.name for path in written] == [path.name for path in NOTEBOOKS]
+    for instructor, student in zip(NOTEBOOKS, written):
+        notebook = nbformat.read(student, as_version=4)
+        nbformat.validate(notebook)
+        text = student.read_text()
+        assert exercises.BEGIN_SOLUTION not in text and exercises.END_SOLUTION not in text, student.name
+        assert exercises.INSTRUCTOR_MARKER not in text, student.name
+        original = json.loads(instructor.read_text())["cells"]
+        answers = [c for c in original if exercises.is_instructor_only(c)]
+        assert len(notebook.cells) == len(original) - len(answers)
+        for cell in notebook.cells:
+            if cell.cell_type == "code" and (exercises.STUB in cell.source or "exercises.check_" in cell.source):
+                assert cell.outputs == [] and cell.execution_count is None, (student.name, cell.source[:80])
+        stubs = sum(exercises.STUB in c.source for c in notebook.cells if c.cell_type == "code")
+        assert stubs == sum(exercises.has_solution("".join(c["source"])) for c in original if c["cell_type"] == "code")
+
+
+def test_every_chapter_from_0_has_its_exercises_and_answers():
+    for notebook in NOTEBOOKS:
+        cells = json.loads(notebook.read_text())["cells"]
+        solutions = [c for c in cells if c["cell_type"] == "code" and exercises.has_solution("".join(c["source"]))]
+        assert len(solutions) >= 2, f"{notebook.name}: {len(solutions)} exercises"
+        if notebook.stem[:2] in ("00", "01", "02"):
+            assert len(solutions) >= 3, f"{notebook.name}: two on the method and one experiment"
+            assert any(exercises.is_instructor_only(c) for c in cells), f"{notebook.name}: no answers"

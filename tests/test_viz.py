@@ -16,7 +16,7 @@ from handlib.viz.explorer import FINGER_JOINTS, HandExplorer  # noqa: E402
 from handlib.viz.plot2d import (FINGER_COLORS, draw_keypoints_2d, keypoint_colors,  # noqa: E402
                                 show_image_with_keypoints)
 from handlib.viz.plot3d import (FINGER_PATHS, SKIN_COLOR, hand_figure, hand_mesh_trace, joint_label_trace,  # noqa: E402
-                                mesh_vertices, set_hand_data, skeleton_traces)
+                                mesh_vertices, set_hand_data, skeleton_traces, static_picture)
 
 
 @pytest.fixture
@@ -96,6 +96,26 @@ def test_hand_figure_layout_and_update(hand):
 
 # -------------------------------------------------------------------------------------------------
 # plot2d
+
+
+def test_static_picture_draws_every_triangle_from_the_figures_camera(hand):
+    from matplotlib.collections import PolyCollection
+
+    layer, vertices, joints = hand
+    for view in ("model", "camera"):
+        figure = hand_figure(vertices, layer.faces, joints, colors=layer.weights[:, 3], view=view, title="t")
+        ax = static_picture(figure)
+        polygons = [c for c in ax.collections if isinstance(c, PolyCollection)]
+        assert len(polygons) == 1 and len(polygons[0].get_paths()) == layer.faces.shape[0]
+        assert len(ax.lines) == len(FINGERS) and ax.get_title() == "t"
+        plt.close("all")
+    # the camera view looks along +z with y down: a point's screen x is its x, its screen y is -y
+    figure = hand_figure(joints=joints, view="camera", labels=False)
+    ax = static_picture(figure)
+    thumb = np.asarray(ax.lines[0].get_xydata())
+    path = joints[list(FINGER_PATHS["thumb"])].numpy()
+    np.testing.assert_allclose(thumb, np.stack([path[:, 0], -path[:, 1]], -1), atol=1e-6)
+    plt.close("all")
 
 
 def test_draw_keypoints_2d_draws_bones_and_respects_visibility():

@@ -296,3 +296,105 @@ def mesh_vertices(figure: go.Figure) -> np.ndarray:
 
 __all__ = ["FINGER_PATHS", "SKIN_COLOR", "UIREVISION", "VIEWS", "WRIST_COLOR", "hand_figure", "hand_mesh_trace",
            "hand_row_figure", "joint_label_trace", "mesh_vertices", "set_hand_data", "skeleton_traces"]
+
+
+# --------------------------------------------------------------------------------------------
+# A static copy: what a reader of a stored notebook sees without a running kernel or JavaScript
+# --------------------------------------------------------------------------------------------
+
+def _rgb(color) -> np.ndarray:
+    """A plotly colour ("#rrggbb", "rgb(r,g,b)" or a name) as RGB in [0, 1]."""
+    from matplotlib.colors import to_rgb
+
+    if isinstance(color, str) and color.startswith("rgb("):
+        return np.array([float(c) for c in color[4:-1].split(",")[:3]]) / 255.0
+    return np.array(to_rgb(color))
+
+
+def static_picture(figure: go.Figure, ax=None, *, width: float = 7.0, light: float = 0.6):
+    """Draw a hand figure of this module with matplotlib, as its scene's camera sees it.
+
+    An orthographic view from the camera's eye: triangles sorted far to near and shaded by the angle
+    between their normal and the view direction (Lambert), the skeletons' lines and the text labels on
+    top. Meant to sit under the interactive figure, so that a stored notebook shows a picture to a
+    reader without a kernel (plotly figures need JavaScript; widgets need a kernel).
+
+    Args:
+        figure: a figure from ``hand_figure`` or ``hand_row_figure`` (or a FigureWidget).
+        ax: a matplotlib Axes to draw into; None makes a figure ``width`` inches wide.
+        width: figure width, inches, when ``ax`` is None.
+        light: share of the shading that depends on the normal (0: flat colours).
+
+    Returns:
+        the matplotlib Axes.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.collections import PolyCollection
+
+    camera = figure.layout.scene.camera
+    eye = np.array([camera.eye.x, camera.eye.y, camera.eye.z], dtype=np.float64)
+    up = np.array([camera.up.x, camera.up.y, camera.up.z], dtype=np.float64)
+    forward = -eye / np.linalg.norm(eye)                              # from the eye towards the centre
+    right = np.cross(forward, up)
+    right /= np.linalg.norm(right)
+    screen_up = np.cross(right, forward)
+    to_screen = lambda p: np.stack([p @ right, p @ screen_up], -1)   # noqa: E731
+    if ax is None:
+        _, ax = plt.subplots(figsize=(width, width * 0.5))
+    colorbar = None
+    for trace in figure.data:
+        if trace.type == "mesh3d":
+            points = np.stack([np.asarray(trace.x), np.asarray(trace.y), np.asarray(trace.z)], -1).astype(np.float64)
+            faces = np.stack([np.asarray(trace.i), np.asarray(trace.j), np.asarray(trace.k)], -1).astype(np.int64)
+            if trace.intensity is not None:
+                values = np.asarray(trace.intensity, dtype=np.float64)
+                low = trace.cmin if trace.cmin is not None else values.min()
+                high = trace.cmax if trace.cmax is not None else values.max()
+                cmap = colormaps["viridis"]
+                vertex_rgb = cmap((values - low) / max(high - low, 1e-12))[:, :3]
+                if trace.showscale:
+                    colorbar = (cmap, low, high, trace.colorbar.title.text if trace.colorbar.title else "")
+            elif trace.vertexcolor is not None:
+                vertex_rgb = np.stack([_rgb(c) for c in trace.vertexcolor])
+            else:
+                vertex_rgb = np.tile(_rgb(trace.color or SKIN_COLOR), (len(points), 1))
+            triangles = points[faces]                                                # (F, 3, 3)
+            normals = np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])
+            normals /= np.linalg.norm(normals, axis=-1, keepdims=True).clip(1e-12)
+            shade = (1 - light) + light * np.abs(normals @ forward)                  # two-sided
+            face_rgb = np.clip(vertex_rgb[faces].mean(1) * shade[:, None], 0, 1)
+            order = np.argsort(-(triangles.mean(1) @ forward))                      # far first
+            ax.add_collection(PolyCollection(to_screen(triangles[order]), facecolors=face_rgb[order],
+                                             edgecolors="none", alpha=trace.opacity if trace.opacity else 1.0))
+        elif trace.type == "scatter3d":
+            points = np.stack([np.asarray(trace.x), np.asarray(trace.y), np.asarray(trace.z)], -1).astype(np.float64)
+            flat = to_screen(points)
+            if "lines" in (trace.mode or ""):
+                ax.plot(flat[:, 0], flat[:, 1], "-o", color=trace.line.color, linewidth=1.5, markersize=2, zorder=3)
+            elif trace.mode == "text":
+                for (x, y), text in zip(flat, trace.text):
+                    ax.text(x, y, text, fontsize=7, ha="center", va="bottom", zorder=4)
+    ax.autoscale_view()
+    ax.set_aspect("equal")
+    ax.axis("off")
+    title = figure.layout.title.text if figure.layout.title else None
+    if title:
+        ax.set_title(title, fontsize=9)
+    if colorbar is not None:
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        cmap, low, high, label = colorbar
+        plt.colorbar(ScalarMappable(Normalize(low, high), cmap), ax=ax, shrink=0.7, label=label)
+    return ax
+
+
+def show_with_static_picture(figure: go.Figure, width: float = 7.0) -> None:
+    """Display the interactive figure, then its static picture (``static_picture``) under it."""
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    display(figure)
+    static_picture(figure, width=width)
+    plt.show()
