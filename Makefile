@@ -6,9 +6,15 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# A CPU-only machine can take the small CPU build of torch with
-#   make course TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH ?= torch==2.13.0
+# On Linux without an NVIDIA GPU (no nvidia-smi), torch comes from PyTorch's CPU index: the CPU build,
+# about 200 MB, instead of PyPI's CUDA build with several GB of CUDA libraries. With a GPU, or on macOS
+# and Windows (whose PyPI builds have no CUDA libraries), plain PyPI. Override either way:
+#   make course TORCH_INDEX=                                  # PyPI's default build (or your pip config's)
+#   make course TORCH_INDEX=https://download.pytorch.org/whl/cu126
+ifeq ($(shell uname -s)-$(shell command -v nvidia-smi),Linux-)
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+endif
 TORCH_INDEX ?=
 PORT ?= 8888
 
@@ -30,8 +36,9 @@ $(VENV)/.installed-peers: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[test,peers]"
 	touch $@
 
+# JupyterLab opens on chapter 0, with the repository in its file browser.
 course: setup
-	$(VENV)/bin/jupyter lab --port $(PORT) $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
+	$(VENV)/bin/jupyter lab --port $(PORT) $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/00_challenges.ipynb
 
 # The fetch does nothing when data/peers/hand_landmarker.task is there with its pinned hash.
 # HANDLIB_REQUIRE_PEERS=1: the peer's tests fail, rather than skip, if it cannot run.
