@@ -13,7 +13,7 @@ import torch  # noqa: E402
 from handlib.mano import ManoLayer  # noqa: E402
 from handlib.skeleton import BONES, FINGERS, MANO_PARENTS  # noqa: E402
 from handlib.viz.explorer import FINGER_JOINTS, HandExplorer  # noqa: E402
-from handlib.viz.plot2d import (FINGER_COLORS, draw_keypoints_2d, keypoint_colors,  # noqa: E402
+from handlib.viz.plot2d import (FINGER_COLORS, draw_keypoints_2d, draw_mesh_2d, keypoint_colors,  # noqa: E402
                                 show_image_with_keypoints)
 from handlib.viz.plot3d import (FINGER_PATHS, SKIN_COLOR, hand_figure, hand_mesh_trace, joint_label_trace,  # noqa: E402
                                 mesh_vertices, set_hand_data, skeleton_traces, static_picture)
@@ -133,6 +133,19 @@ def test_draw_keypoints_2d_draws_bones_and_respects_visibility():
         draw_keypoints_2d(ax, keypoints[None])
     with pytest.raises(ValueError, match="visibility"):
         draw_keypoints_2d(ax, keypoints, np.ones(20))
+    plt.close(fig)
+
+
+def test_draw_mesh_2d_draws_every_triangle_and_checks_the_faces(hand):
+    layer, vertices, _ = hand
+    faces = layer.faces
+    fig, ax = plt.subplots()
+    triangles = draw_mesh_2d(ax, vertices[:, :2] * 1000, faces)
+    assert len(triangles.get_paths()) == len(faces)
+    with pytest.raises(ValueError, match="vertex indices"):
+        draw_mesh_2d(ax, vertices[:10, :2], faces)
+    with pytest.raises(ValueError, match="faces"):
+        draw_mesh_2d(ax, vertices[:, :2], faces[:, :2])
     plt.close(fig)
 
 

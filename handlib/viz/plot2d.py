@@ -95,6 +95,33 @@ def draw_keypoints_2d(ax, keypoints, visibility=None, *, linewidth: float = 2.0,
     return ax
 
 
+def draw_mesh_2d(ax, vertices_2d, faces, *, color: str = "white", linewidth: float = 0.3, alpha: float = 0.6,
+                 label: str | None = None):
+    """Draw a hand mesh's projected triangles (wireframe) on a matplotlib axes, over an image.
+
+    Args:
+        ax: a matplotlib Axes (image coordinates, pixels).
+        vertices_2d: (V, 2) projected vertices, pixels (u, v); numpy or torch.
+        faces: (F, 3) vertex indices of the triangles.
+        color, linewidth, alpha: of the wireframe's edges.
+        label: legend label for the mesh.
+
+    Returns:
+        The matplotlib ``PolyCollection`` of the triangles.
+    """
+    from matplotlib.collections import PolyCollection
+
+    vertices_2d = as_numpy(vertices_2d, "vertices_2d", (None, 2))
+    faces = as_numpy(faces, "faces", (None, 3), dtype=np.int64)
+    if faces.min() < 0 or faces.max() >= len(vertices_2d):
+        raise ValueError(f"faces: expected vertex indices in [0, {len(vertices_2d)}), got {faces.min()} to "
+                         f"{faces.max()}")
+    triangles = PolyCollection(vertices_2d[faces], facecolors="none", edgecolors=color, linewidths=linewidth,
+                               alpha=alpha, label=label)
+    ax.add_collection(triangles)
+    return triangles
+
+
 def image_to_numpy(image) -> np.ndarray:
     """An image as an (H, W, 3) or (H, W) float array in [0, 1] for ``imshow``.
 
