@@ -664,3 +664,75 @@ def check_depth_l1(depth_l1) -> None:
         raise ExerciseError(f"expected {expected.numpy().round(4)}, got {answer.detach().numpy().round(4)}: the "
                             "mean of |rendered - target| over the cells where known is 1, for each sample")
     print("depth_l1: correct (the same as handlib.models.cai2018.depth_loss, sample by sample)")
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 4: MANO regression from the image (Boukhayma et al. 2019)
+# --------------------------------------------------------------------------------------------
+
+def check_weak_perspective(project) -> None:
+    """Chapter 4, exercise 1: the weak-perspective camera.
+
+    ``project(points, camera)``: points (B, N, 3) metres, camera (B, 3) [s, t_x, t_y] -> (B, N, 2)
+    pixels, x_2D = s X_xy + t, each sample with its own camera.
+
+    Raises:
+        ExerciseError: what differs from ``boukhayma2019.project_weak_perspective``.
+    """
+    from handlib.models.boukhayma2019 import project_weak_perspective
+
+    generator = torch.Generator().manual_seed(4)
+    points = 0.05 * torch.randn(3, 5, 3, generator=generator) + torch.tensor([0.0, 0.0, 0.5])
+    camera = torch.tensor([[700.0, 64.0, 60.0], [500.0, 30.0, 90.0], [900.0, 70.0, 64.0]])
+    answer = _expect_tensor(_call(project, "project", points.clone(), camera.clone()), "project", (3, 5, 2))
+    expected = project_weak_perspective(points, camera)
+    if torch.allclose(answer, camera[:, None, :1] * points[..., :2], atol=1e-3):
+        raise ExerciseError("the translation is missing: add t = camera[:, 1:] (t_x to u, t_y to v)")
+    if torch.allclose(answer, camera[:, None, :1] * points[..., :2] / points[..., 2:] + camera[:, None, 1:], atol=1e-3):
+        raise ExerciseError("you divided by the depth: that is the pinhole camera; the weak perspective drops "
+                            "the depth and scales every point by the same s")
+    if torch.allclose(answer, camera[:1, None, :1] * points[..., :2] + camera[:1, None, 1:], atol=1e-3):
+        raise ExerciseError("every sample used the first camera: index the camera per sample, camera[:, None, ...]")
+    if not torch.allclose(answer, expected, atol=1e-3):
+        raise ExerciseError(f"off by up to {(answer - expected).abs().max():.2f} px: x_2D = s * X[..., :2] + t, "
+                            "with s = camera[:, 0] and t = camera[:, 1:] of each sample")
+    print("project: correct (the same as handlib.models.boukhayma2019.project_weak_perspective)")
+
+
+def check_fraction_outside(fraction_outside) -> None:
+    """Chapter 4, exercise 2: L_mask, the fraction of projected vertices outside the hand mask.
+
+    ``fraction_outside(vertices_2d, mask)``: (B, V, 2) pixels and (B, H, W) 0/1 -> (B,) the fraction
+    of each sample's vertices on a 0 of the mask or outside the image (pixel (i, j) covers
+    [i, i + 1) x [j, j + 1), column i is u, row j is v).
+
+    Raises:
+        ExerciseError: what differs from ``boukhayma2019.vertex_mask_loss`` (which samples the mask
+        bilinearly; on pixel centres, as here, the two agree).
+    """
+    from handlib.models.boukhayma2019 import vertex_mask_loss
+
+    generator = torch.Generator().manual_seed(5)
+    mask = torch.zeros(2, 12, 16)
+    mask[0, 2:9, 3:8] = 1                                            # a tall box: rows 2-8, columns 3-7
+    mask[1, 6:, :] = 1                                               # the lower half
+    cells = torch.stack([torch.randint(-3, 19, (2, 40), generator=generator),
+                         torch.randint(-3, 15, (2, 40), generator=generator)], dim=-1).float()
+    vertices_2d = cells + 0.5                                        # pixel centres, some off the image
+    answer = _expect_tensor(_call(fraction_outside, "fraction_outside", vertices_2d.clone(), mask.clone()),
+                            "fraction_outside", (2,))
+    expected = torch.stack([vertex_mask_loss(vertices_2d[i:i + 1], mask[i:i + 1], torch.ones(1)) for i in range(2)])
+    column, row = cells[..., 0].long(), cells[..., 1].long()
+    in_image = (column >= 0) & (column < 16) & (row >= 0) & (row < 12)
+    swapped = mask[torch.arange(2)[:, None], column.clamp(0, 11), row.clamp(0, 15)] > 0.5     # mask[b, u, v]
+    swapped_answers = (1 - swapped.float().mean(1), 1 - (swapped & in_image).float().mean(1))
+    if torch.allclose(answer, 1 - expected, atol=1e-5):
+        raise ExerciseError("that is the fraction *inside* the mask: L_mask counts the vertices outside")
+    if any(torch.allclose(answer, wrong, atol=1e-5) for wrong in swapped_answers):
+        raise ExerciseError("rows and columns are swapped: the mask is indexed mask[b, row, column] = "
+                            "mask[b, v, u]")
+    if not torch.allclose(answer, expected, atol=1e-5):
+        raise ExerciseError(f"expected {expected.numpy().round(3)}, got {answer.detach().numpy().round(3)}; "
+                            "a vertex outside the image counts as outside the mask (clamp the index, then "
+                            "mask the result)")
+    print("fraction_outside: correct (the same as handlib.models.boukhayma2019.vertex_mask_loss)")

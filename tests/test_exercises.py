@@ -182,3 +182,39 @@ def test_every_chapter_from_0_has_its_exercises_and_answers():
         if notebook.stem[:2] in ("00", "01", "02"):
             assert len(solutions) >= 3, f"{notebook.name}: two on the method and one experiment"
             assert any(exercises.is_instructor_only(c) for c in cells), f"{notebook.name}: no answers"
+
+
+def test_the_checks_of_chapter_4_pass_the_answer_and_name_typical_mistakes():
+    """Chapter 4's notebook lands with its shipped checkpoint; its checks are tested here meanwhile."""
+    def project(points, camera):
+        return camera[:, None, :1] * points[..., :2] + camera[:, None, 1:]
+
+    def fraction_outside(vertices_2d, mask):
+        height, width = mask.shape[-2:]
+        column, row = vertices_2d[..., 0].floor().long(), vertices_2d[..., 1].floor().long()
+        inside = (column >= 0) & (column < width) & (row >= 0) & (row < height)
+        batch = torch.arange(len(mask))[:, None].expand_as(column)
+        on_hand = mask[batch, row.clamp(0, height - 1), column.clamp(0, width - 1)] > 0.5
+        return 1.0 - (on_hand & inside).float().mean(dim=1)
+
+    exercises.check_weak_perspective(project)
+    exercises.check_fraction_outside(fraction_outside)
+    with pytest.raises(exercises.ExerciseError, match="translation is missing"):
+        exercises.check_weak_perspective(lambda points, camera: camera[:, None, :1] * points[..., :2])
+    with pytest.raises(exercises.ExerciseError, match="divided by the depth"):
+        exercises.check_weak_perspective(lambda points, camera: camera[:, None, :1] * points[..., :2]
+                                         / points[..., 2:] + camera[:, None, 1:])
+    with pytest.raises(exercises.ExerciseError, match="inside"):
+        exercises.check_fraction_outside(lambda vertices_2d, mask: 1 - fraction_outside(vertices_2d, mask))
+    def swapped(vertices_2d, mask):                                  # mask[b, u, v] instead of mask[b, v, u]
+        height, width = mask.shape[-2:]
+        column, row = vertices_2d[..., 0].floor().long(), vertices_2d[..., 1].floor().long()
+        inside = (column >= 0) & (column < width) & (row >= 0) & (row < height)
+        batch = torch.arange(len(mask))[:, None].expand_as(column)
+        on_hand = mask[batch, column.clamp(0, height - 1), row.clamp(0, width - 1)] > 0.5
+        return 1.0 - (on_hand & inside).float().mean(dim=1)
+
+    with pytest.raises(exercises.ExerciseError, match="swapped"):
+        exercises.check_fraction_outside(swapped)
+    with pytest.raises(exercises.ExerciseError, match="not written yet"):
+        exercises.check_fraction_outside(lambda vertices_2d, mask: (_ for _ in ()).throw(NotImplementedError()))
