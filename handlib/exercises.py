@@ -736,3 +736,70 @@ def check_fraction_outside(fraction_outside) -> None:
                             "a vertex outside the image counts as outside the mask (clamp the index, then "
                             "mask the result)")
     print("fraction_outside: correct (the same as handlib.models.boukhayma2019.vertex_mask_loss)")
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 5: DetNet + IKNet (Zhou et al. 2020)
+# --------------------------------------------------------------------------------------------
+
+def check_location_readout(read_locations) -> None:
+    """Chapter 5, exercise 1: DetNet's readout, X_j = L_j at the peak of H_j.
+
+    ``read_locations(heatmaps, location_maps)``: (B, 21, s, s) and (B, 21, 3, s, s) -> (B, 21, 3),
+    each keypoint's three location-map values at the cell where its own heatmap peaks.
+
+    Raises:
+        ExerciseError: what differs from ``zhou2020.read_location_maps``.
+    """
+    from handlib.models.zhou2020 import read_location_maps
+
+    generator = torch.Generator().manual_seed(6)
+    heatmaps = torch.rand(2, 21, 6, 8, generator=generator)            # not square: rows and columns differ
+    location_maps = torch.randn(2, 21, 3, 6, 8, generator=generator)
+    answer = _expect_tensor(_call(read_locations, "read_locations", heatmaps.clone(), location_maps.clone()),
+                            "read_locations", (2, 21, 3))
+    expected = read_location_maps(heatmaps, location_maps)
+    peak_of_first = heatmaps[:, :1].flatten(2).argmax(-1)                                     # (B, 1)
+    first = location_maps.flatten(3).gather(3, peak_of_first[:, None, None].expand(2, 21, 3, 1))[..., 0]
+    if torch.allclose(answer, first, atol=1e-6):
+        raise ExerciseError("every keypoint was read at the wrist's peak: take the argmax of each keypoint's "
+                            "own heatmap H_j")
+    if torch.allclose(answer, location_maps.mean((-2, -1)), atol=1e-6):
+        raise ExerciseError("that is the maps' mean over all cells: read them at one cell, the heatmap's peak")
+    if not torch.allclose(answer, expected, atol=1e-6):
+        wrong = int((~torch.isclose(answer, expected, atol=1e-6).all(-1)).sum())
+        raise ExerciseError(f"{wrong} of 42 keypoints were read at the wrong cell; flatten H_j's s x s cells, "
+                            "take the argmax, and read L_j's three channels at that same flat index "
+                            "(row = index // width, column = index % width)")
+    print("read_locations: correct (the same as handlib.models.zhou2020.read_location_maps)")
+
+
+def check_local_rotations(local_rotations) -> None:
+    """Chapter 5, exercise 2: from global (world) joint rotations to MANO's local ones.
+
+    ``local_rotations(world, parents)``: world (B, 16, 3, 3) the global rotation of every MANO joint,
+    parents a list of 16 ints (-1 for the root) -> (B, 16, 3, 3): R_0 = G_0 and R_k = G_parent(k)^T G_k.
+
+    Raises:
+        ExerciseError: what differs, and whether the product is in the wrong order.
+    """
+    from handlib.geometry import axis_angle_to_matrix
+    from handlib.skeleton import MANO_PARENTS
+
+    generator = torch.Generator().manual_seed(7)
+    world = axis_angle_to_matrix(0.8 * torch.randn(2, 16, 3, generator=generator))
+    parents = [max(p, 0) for p in MANO_PARENTS]
+    expected = torch.cat([world[:, :1], (world[:, parents].transpose(-1, -2) @ world)[:, 1:]], 1)
+    answer = _expect_tensor(_call(local_rotations, "local_rotations", world.clone(), list(MANO_PARENTS)),
+                            "local_rotations", (2, 16, 3, 3))
+    if torch.allclose(answer[:, 1:], (world @ world[:, parents].transpose(-1, -2))[:, 1:], atol=1e-5):
+        raise ExerciseError("the product is in the wrong order: G_k = G_parent R_k, so R_k = G_parent^T G_k "
+                            "(the parent's inverse on the left)")
+    if torch.allclose(answer[:, 1:], (world[:, parents] @ world)[:, 1:], atol=1e-5):
+        raise ExerciseError("a rotation's inverse is its transpose: use G_parent^T, not G_parent")
+    if not torch.allclose(answer[:, :1], world[:, :1], atol=1e-5):
+        raise ExerciseError("the root (wrist, parent -1) has no parent: its local rotation is its global one")
+    if not torch.allclose(answer, expected, atol=1e-5):
+        raise ExerciseError(f"off by up to {(answer - expected).abs().max():.3f}: R_k = G[parents[k]]^T G[k] "
+                            "for every k >= 1")
+    print("local_rotations: correct (as handlib.models.zhou2020.local_pose_from_bone_rotations does it)")

@@ -218,3 +218,29 @@ def test_the_checks_of_chapter_4_pass_the_answer_and_name_typical_mistakes():
         exercises.check_fraction_outside(swapped)
     with pytest.raises(exercises.ExerciseError, match="not written yet"):
         exercises.check_fraction_outside(lambda vertices_2d, mask: (_ for _ in ()).throw(NotImplementedError()))
+
+
+def test_the_checks_of_chapter_5_pass_the_answer_and_name_typical_mistakes():
+    """Chapter 5's notebook lands with its shipped checkpoint; its checks are tested here meanwhile."""
+    def read_locations(heatmaps, location_maps):
+        batch, count, height, width = heatmaps.shape
+        peak = heatmaps.flatten(2).argmax(-1)                                       # (B, 21)
+        row, column = peak // width, peak % width
+        b, j = torch.meshgrid(torch.arange(batch), torch.arange(count), indexing="ij")
+        return location_maps[b, j, :, row, column]                                  # (B, 21, 3)
+
+    def local_rotations(world, parents):
+        local = [world[:, 0]] + [world[:, p].transpose(-1, -2) @ world[:, k] for k, p in enumerate(parents) if k]
+        return torch.stack(local, 1)
+
+    exercises.check_location_readout(read_locations)
+    exercises.check_local_rotations(local_rotations)
+    with pytest.raises(exercises.ExerciseError, match="wrist's peak"):
+        exercises.check_location_readout(lambda heatmaps, maps: read_locations(heatmaps[:, :1].expand_as(heatmaps),
+                                                                               maps))
+    with pytest.raises(exercises.ExerciseError, match="wrong cell"):
+        exercises.check_location_readout(lambda heatmaps, maps: read_locations(heatmaps.transpose(-1, -2),
+                                                                               maps.transpose(-1, -2)).flip(0))
+    with pytest.raises(exercises.ExerciseError, match="wrong order"):
+        exercises.check_local_rotations(lambda world, parents: torch.stack(
+            [world[:, 0]] + [world[:, k] @ world[:, p].transpose(-1, -2) for k, p in enumerate(parents) if k], 1))
