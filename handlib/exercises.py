@@ -415,7 +415,7 @@ def check_hand_lengths(hand_lengths) -> None:
         raise ExerciseError(f"the lengths hardly vary ({theirs[0]:.0f} to {theirs[2]:.0f} mm): draw a new beta "
                             "for every hand, betas = torch.randn(1000, 10)")
     if (theirs[2] - theirs[0]) > 2.5 * (ours[2] - ours[0]):
-        raise ExerciseError(f"the spread is much wider than the model's: beta ~ N(0, I), not a larger scale")
+        raise ExerciseError("the spread is much wider than the model's: beta ~ N(0, I), not a larger scale")
     if (theirs - ours).abs().max() > 6:
         raise ExerciseError(f"your percentiles {theirs.numpy().round(0)} mm differ from the model's "
                             f"{ours.numpy().round(0)} mm: measure from keypoint 0 (wrist) to 12 (middle tip) "
