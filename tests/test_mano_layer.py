@@ -2,14 +2,12 @@
 import contextlib
 import io
 
-import numpy as np
 import pytest
 import torch
 
 from handlib.geometry import axis_angle_to_matrix
 from handlib.mano import ManoLayer, load_mano
 from handlib.mano.layer import kinematic_chain, lbs, pose_feature, regress_joints, shape_blend, skin
-from handlib.skeleton import MANO_PARENTS
 
 
 def smplx_mano(path, **kwargs):

@@ -439,8 +439,6 @@ def hand_vertices(measurements: dict | None = None, topology: HandTopology | Non
 
     knuckles = to_palm(points[topology.palm[-1]])  # (34, 3) along, radial, dorsal
     knuckle_centre = knuckles.mean(0)
-    angle = np.arctan2((knuckles[:, 2] - knuckle_centre[2]) / m["palm_thickness"],
-                       (knuckles[:, 1] - knuckle_centre[1]) / m["palm_width"])
     wrist_along = -0.008 * m["palm_length"] / MEAN_MEASUREMENTS["palm_length"]
     wrist_centre = np.array([wrist_along, 0.002, -0.001])
     # Each column sits at the same fraction of the perimeter as its knuckle point does.
