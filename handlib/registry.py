@@ -9,11 +9,11 @@ from __future__ import annotations
 import dataclasses
 
 from handlib.methods import Method, full_name, split_name
-from handlib.models import backbone, boukhayma2019, cai2018, zhou2020, zimmermann2017
+from handlib.models import backbone, boukhayma2019, cai2018, ge2019, zhou2020, zimmermann2017
 
 METHODS: dict[str, Method] = {method.name: method for method in (backbone.METHOD, zimmermann2017.METHOD,
                                                                    cai2018.METHOD, boukhayma2019.METHOD,
-                                                                   zhou2020.METHOD)}
+                                                                   zhou2020.METHOD, ge2019.METHOD)}
 
 
 def get_method(name, variant: str | None = None) -> tuple[Method, str | None]:

@@ -5,6 +5,7 @@
 * ``rasterize``: the z-buffer rasterizer (``rasterize``, ``interpolate``, ``Fragments``).
 * ``shade``: vertex normals, Lambert + ambient shading (``shade_covered``), ``render`` -> ``RenderOutput``.
 * ``silhouette``: the differentiable SoftRas silhouette for mask losses.
+* ``soft_depth``: a differentiable soft depth map (SoftRas aggregation of depth) for depth losses.
 
 The same code runs on CPU and CUDA; every input is batch-first, camera frame (OpenCV), metres.
 """
@@ -18,6 +19,7 @@ from handlib.render.rasterize import (
 )
 from handlib.render.shade import RenderOutput, render, shade_covered, vertex_normals
 from handlib.render.silhouette import soft_silhouette, soft_silhouette_reference
+from handlib.render.soft_depth import soft_depth
 
 __all__ = [
     "Fragments",
@@ -32,6 +34,7 @@ __all__ = [
     "rasterize_reference",
     "render",
     "shade_covered",
+    "soft_depth",
     "soft_silhouette",
     "soft_silhouette_reference",
     "vertex_normals",

@@ -21,6 +21,7 @@ as a sum of logs, log(1 - D) = logsigmoid(-s d^2 / sigma), with ``index_add``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -73,6 +74,64 @@ def squared_distance_to_edges(segments: torch.Tensor, x: torch.Tensor, y: torch.
     return torch.minimum(torch.minimum(distance_squared[0], distance_squared[1]), distance_squared[2])
 
 
+@dataclass
+class SoftCandidates:
+    """The (triangle, pixel) pairs a soft rasterizer visits: pixel centres within the blur's margin
+    of a projected triangle (from ``soft_candidates``).
+
+    Attributes:
+        item: (N,) long, the triangle, a row of the (B*F) triangles of ``ProjectedMesh``.
+        pixel: (N,) long, flat index into (B*H*W).
+        centres: (N, 2) pixel-centre coordinates, pixels.
+        inside: (N,) bool, the centre lies inside the triangle.
+        distance_squared: (N,) squared distance from the centre to the triangle's border, pixels^2,
+            differentiable w.r.t. the vertices.
+    """
+    item: torch.Tensor
+    pixel: torch.Tensor
+    centres: torch.Tensor
+    inside: torch.Tensor
+    distance_squared: torch.Tensor
+
+
+def soft_candidates(mesh, sigma: float, threshold: float) -> SoftCandidates:
+    """Every pixel centre whose SoftRas term D_f(p) may exceed ``threshold``, for every triangle.
+
+    A triangle's term is below ``threshold`` at distances beyond sqrt(sigma log(1 / threshold - 1))
+    pixels, so only pixels in its bounding box dilated by that margin are visited (the same
+    enumeration as ``rasterize``); the distances to the border are then computed with autograd.
+
+    Args:
+        mesh: a ``ProjectedMesh`` (``project_mesh``). sigma: blur, pixels^2. threshold: see above.
+    """
+    num_faces = mesh.valid.shape[1]
+    flat_triangles = mesh.triangles.reshape(-1, 3, 2)  # (B*F, 3, 2)
+    margin = math.sqrt(sigma * math.log(1.0 / threshold - 1.0))  # pixels
+    with torch.no_grad():
+        # Signed distance to each edge's line, positive inside: planes over the pixel grid as in
+        # ``rasterize``, scaled by the triangle's heights h_i = 2 area / |opposite edge|.
+        corners = flat_triangles.detach()
+        opposite_edge = corners.roll(-2, dims=1) - corners.roll(-1, dims=1)  # (B*F, 3, 2)
+        heights = mesh.double_area.reshape(-1, 1).abs() / opposite_edge.norm(dim=-1)  # (B*F, 3)
+        first, size, planes = planes_over_boxes(mesh, heights, margin)  # (B*F, 2), (B*F, 2), (3, 3, B*F)
+        item, dx, dy = enumerate_pixels(size, mesh.valid.reshape(-1))  # (N,) each
+        line_distance = evaluate_planes(gather_last(planes, item), dx.to(planes.dtype), dy.to(planes.dtype))  # (3, N)
+        # Inside: all three >= 0. Further than `margin` outside one edge's line: negligible, skip.
+        nearest_line = torch.minimum(torch.minimum(line_distance[0], line_distance[1]), line_distance[2])  # (N,)
+        keep = (nearest_line >= -margin).nonzero().squeeze(1)  # (N',)
+        item, inside = item.index_select(0, keep), nearest_line.index_select(0, keep) >= 0
+        x, y, _, pixel = candidate_pixels(
+            item, dx.index_select(0, keep), dy.index_select(0, keep), first, num_faces, mesh.image_size
+        )  # (N',) each
+
+    # Each candidate's distance, differentiable through the gathered edges (one row at a time: fast on the CPU).
+    table = edge_segments(flat_triangles).reshape(15, -1)  # (5 * 3, B*F)
+    segments = torch.stack([row.index_select(0, item) for row in table]).view(5, 3, -1)  # (5, 3, N')
+    centres = pixel_centres(x, y, mesh.triangles.dtype)  # (N', 2)
+    distance_squared = squared_distance_to_edges(segments, centres[:, 0], centres[:, 1])  # (N',)
+    return SoftCandidates(item, pixel, centres, inside, distance_squared)
+
+
 def _log_uncovered(distance_squared: torch.Tensor, inside: torch.Tensor, sigma: float) -> torch.Tensor:
     """log(1 - D_f(p)) = logsigmoid(-s d^2 / sigma), with s = +1 inside, -1 outside (SoftRas eq. 1)."""
     signed = torch.where(inside, distance_squared, -distance_squared) / sigma
@@ -119,37 +178,11 @@ def soft_silhouette(
     """
     mesh = project_mesh(vertices, faces, K, image_size, near, cull_backfaces)
     _check_sigma(sigma, threshold)
-    (batch, num_faces), (height, width) = mesh.valid.shape, mesh.image_size
-    flat_triangles = mesh.triangles.reshape(batch * num_faces, 3, 2)  # (B*F, 3, 2)
-
-    # Candidates: pixel centres within `margin` of a triangle (its term is below `threshold` beyond).
-    margin = math.sqrt(sigma * math.log(1.0 / threshold - 1.0))  # pixels
-    with torch.no_grad():
-        # Signed distance to each edge's line, positive inside: planes over the pixel grid as in
-        # ``rasterize``, scaled by the triangle's heights h_i = 2 area / |opposite edge|.
-        corners = flat_triangles.detach()
-        opposite_edge = corners.roll(-2, dims=1) - corners.roll(-1, dims=1)  # (B*F, 3, 2)
-        heights = mesh.double_area.reshape(-1, 1).abs() / opposite_edge.norm(dim=-1)  # (B*F, 3)
-        first, size, planes = planes_over_boxes(mesh, heights, margin)  # (B*F, 2), (B*F, 2), (3, 3, B*F)
-        item, dx, dy = enumerate_pixels(size, mesh.valid.reshape(-1))  # (N,) each
-        line_distance = evaluate_planes(gather_last(planes, item), dx.to(planes.dtype), dy.to(planes.dtype))  # (3, N)
-        # Inside: all three >= 0. Further than `margin` outside one edge's line: negligible, skip.
-        nearest_line = torch.minimum(torch.minimum(line_distance[0], line_distance[1]), line_distance[2])  # (N,)
-        keep = (nearest_line >= -margin).nonzero().squeeze(1)  # (N',)
-        item, inside = item.index_select(0, keep), nearest_line.index_select(0, keep) >= 0
-        x, y, _, pixel = candidate_pixels(
-            item, dx.index_select(0, keep), dy.index_select(0, keep), first, num_faces, mesh.image_size
-        )  # (N',) each
-
-    # Each candidate's log(1 - D_f(p)), differentiable through the gathered edges (one row at a time:
-    # fast on the CPU).
-    table = edge_segments(flat_triangles).reshape(15, -1)  # (5 * 3, B*F)
-    segments = torch.stack([row.index_select(0, item) for row in table]).view(5, 3, -1)  # (5, 3, N')
-    centres = pixel_centres(x, y, vertices.dtype)  # (N', 2)
-    distance_squared = squared_distance_to_edges(segments, centres[:, 0], centres[:, 1])  # (N',)
-    log_uncovered = _log_uncovered(distance_squared, inside, sigma)  # (N',)
+    (batch, height, width) = (mesh.valid.shape[0], *mesh.image_size)
+    candidates = soft_candidates(mesh, sigma, threshold)
+    log_uncovered = _log_uncovered(candidates.distance_squared, candidates.inside, sigma)  # (N',)
     # log prod_f (1 - D_f) = sum_f log(1 - D_f), per pixel.
-    log_background = vertices.new_zeros(batch * height * width).index_add(0, pixel, log_uncovered)
+    log_background = vertices.new_zeros(batch * height * width).index_add(0, candidates.pixel, log_uncovered)
     return (1.0 - torch.exp(log_background)).view(batch, height, width)
 
 
