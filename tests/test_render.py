@@ -371,3 +371,69 @@ def test_same_result_on_every_device(device):
     assert torch.allclose(on_device.rgb.cpu(), on_cpu.rgb, atol=1e-5)
     soft = soft_silhouette(vertices.to(device), faces.to(device), K.to(device), 32, cull_backfaces=True)
     assert torch.allclose(soft.cpu(), soft_silhouette(vertices, faces, K, 32, cull_backfaces=True), atol=1e-5)
+
+
+# ---------------------------------------------------------------- soft depth (chapter 6)
+
+def _posed_hands(count=2, seed=0):
+    """MANO hands with small random poses, 0.45 to 0.55 m in front of the camera, tilted by the pose."""
+    from handlib.mano.layer import ManoLayer
+    from handlib.render import place_in_front
+
+    generator = torch.Generator().manual_seed(seed)
+    layer = ManoLayer(flat_hand_mean=True)
+    pose = 0.3 * torch.randn(count, 48, generator=generator)
+    vertices = layer(hand_pose=pose[:, 3:], global_orient=pose[:, :3]).vertices
+    return place_in_front(vertices, 0.45 + 0.1 * torch.rand(count, generator=generator)), layer.faces
+
+
+def test_soft_depth_matches_the_zbuffer_where_coverage_is_full():
+    """On covered pixels whose 5 x 5 neighbourhood has no depth jump over 5 mm, the soft z-buffer
+    (sigma 0.1 px^2, gamma 1 mm) is within 1 mm of the rasterizer's depth; its silhouette is 1 far off the mesh's border."""
+    from handlib.render import make_intrinsics, soft_depth
+
+    vertices, faces = _posed_hands()
+    K = make_intrinsics(250.0, 48.0, 48.0)
+    hard = rasterize(vertices, faces, K, 96)
+    depth, silhouette = soft_depth(vertices, faces, K, 96, sigma=0.1, gamma=1e-3)
+    covered = hard.mask[:, None].float()
+    interior = -torch.nn.functional.max_pool2d(-covered, 5, 1, 2)[:, 0] > 0
+    far = torch.nn.functional.max_pool2d(hard.depth[:, None], 5, 1, 2)[:, 0]
+    near = -torch.nn.functional.max_pool2d(-torch.where(hard.mask, hard.depth, torch.inf)[:, None], 5, 1, 2)[:, 0]
+    smooth = interior & (far - near < 0.005)
+    assert smooth.sum() > 200
+    error = (depth - hard.depth).abs()[smooth]
+    assert error.max() < 1e-3 and error.mean() < 1e-4
+    assert silhouette[~torch.nn.functional.max_pool2d(covered, 5, 1, 2)[:, 0].bool()].max() < 1e-3   # off the hand
+    assert depth[~torch.nn.functional.max_pool2d(covered, 9, 1, 4)[:, 0].bool()].abs().max() == 0    # no candidate
+
+
+def test_soft_depth_gradients_pass_gradcheck():
+    """float64, a tilted quad and a triangle in front of part of it, on an 8 x 8 image."""
+    from handlib.render import soft_depth
+
+    vertices = torch.tensor([[[-0.04, -0.04, 0.50], [0.04, -0.04, 0.52], [0.04, 0.04, 0.54], [-0.04, 0.04, 0.52],
+                              [-0.01, -0.03, 0.47], [0.03, 0.0, 0.48], [-0.02, 0.02, 0.475]]], dtype=torch.float64)
+    faces = torch.tensor([[0, 1, 2], [0, 2, 3], [4, 5, 6]])
+    K = torch.tensor([[60.0, 0, 4], [0, 60.0, 4], [0, 0, 1]], dtype=torch.float64)
+    vertices = (vertices + 1e-3 * torch.randn(vertices.shape, generator=torch.Generator().manual_seed(0),
+                                              dtype=torch.float64)).requires_grad_(True)
+
+    def both(v):
+        depth, silhouette = soft_depth(v, faces, K, 8, sigma=0.5, gamma=0.01)
+        return depth, silhouette
+
+    assert torch.autograd.gradcheck(both, (vertices,), eps=1e-6, atol=1e-5)
+    depth, _ = both(vertices)
+    depth.sum().backward()
+    assert vertices.grad[0, 4:].abs().sum() > 0        # the front triangle moves the depth it covers
+
+
+def test_soft_depth_checks_its_softness():
+    from handlib.render import soft_depth
+
+    vertices, faces = _posed_hands(1)
+    with pytest.raises(ValueError, match="gamma: expected a positive depth softness"):
+        soft_depth(vertices, faces, torch.eye(3), 16, gamma=0.0)
+    with pytest.raises(ValueError, match="sigma"):
+        soft_depth(vertices, faces, torch.eye(3), 16, sigma=-1.0)

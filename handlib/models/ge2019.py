@@ -199,6 +199,17 @@ def camera_mesh(pose: torch.Tensor, betas: torch.Tensor, keypoints_3d: torch.Ten
     return out.vertices + (keypoints_3d[:, WRIST:WRIST + 1] - out.joints[:, WRIST:WRIST + 1])
 
 
+def template_mesh() -> torch.Tensor:
+    """The mean hand in (u, v, d) (778, 3): MANO's flat mean hand, its bounding box centred in the
+    crop at the usual extent (``INITIAL_EXTENT``), depth relative to its wrist. Where a new mesh
+    generator starts."""
+    out = hand_layer()(hand_pose=torch.zeros(1, 45))
+    vertices, wrist = out.vertices[0], out.joints[0, WRIST]
+    centre = (vertices.amax(0) + vertices.amin(0)) / 2
+    uv = 0.5 + (vertices[:, :2] - centre[:2]) / INITIAL_EXTENT
+    return torch.cat([uv, (vertices[:, 2:] - wrist[2]) / DEPTH_UNIT], dim=1).detach()
+
+
 @dataclass
 class MeshTopology:
     """What the mesh losses need to know of the mesh: faces (F, 3), edges (E, 2), adjacency (V, V)."""
@@ -386,7 +397,8 @@ class MeshGenerator(nn.Module):
     """f (B, feature_size) -> mesh (B, 778, 3) in (u, v, d).
 
     FC to the coarsest graph (V_L x C_0); upsample to level L/2; two graph blocks C_0 -> C_0 -> C_1;
-    upsample to the mesh; a graph block C_1 -> C_1 and a last ChebConv C_1 -> 3 (no BN, no ReLU).
+    upsample to the mesh; a graph block C_1 -> C_1 and a last ChebConv C_1 -> 3 (no BN, no ReLU),
+    added to the mean hand's (u, v, d) (``template_mesh``).
     """
 
     def __init__(self, hierarchy: list, feature_size: int, widths: tuple, order: int):
@@ -401,10 +413,10 @@ class MeshGenerator(nn.Module):
                                            GraphBlock(hierarchy[middle].laplacian, widths[0], widths[1], order))
         self.fine_block = GraphBlock(hierarchy[0].laplacian, widths[1], widths[1], order)
         self.out = graph.ChebConv(hierarchy[0].laplacian, widths[1], 3, order)
-        # Start at the middle of the crop, at the wrist's depth.
+        # The output is an offset from the mean hand (``template_mesh``): a new network's mesh is a
+        # hand, not a point (a point covers no pixel, and the depth-map loss would see nothing).
         nn.init.zeros_(self.out.weight)
-        with torch.no_grad():
-            self.out.bias.copy_(torch.tensor([0.5, 0.5, 0.0]))
+        self.register_buffer("template", template_mesh(), persistent=False)
 
     def _upsample(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         for level in range(start - 1, stop - 1, -1):
@@ -415,7 +427,7 @@ class MeshGenerator(nn.Module):
         x = F.relu(self.fc(features)).view(-1, self.coarse_vertices, self.width)       # (B, V_L, C_0)
         x = self.middle_blocks(self._upsample(x, self.levels, self.middle))             # (B, V_L/2, C_1)
         x = self.fine_block(self._upsample(x, self.middle, 0))                          # (B, 778, C_1)
-        return self.out(x)                                                              # (B, 778, 3)
+        return self.template + self.out(x)                                              # (B, 778, 3)
 
 
 class PoseRegressor(nn.Module):
