@@ -185,6 +185,16 @@ def test_the_full_loss_trains_the_network_end_to_end():
         assert sum(float(p.grad.abs().sum()) for p in part.parameters() if p.grad is not None) > 0
 
 
+@pytest.mark.parametrize("end_to_end", [False, True])
+def test_the_3d_losses_reach_the_backbone_only_end_to_end(end_to_end):
+    model = build(end_to_end=end_to_end).train()
+    _, terms = ge.ge2019_loss(model, fake_batch(), context())
+    (terms["mesh"] + terms["joints"]).backward()
+    reached = sum(float(p.grad.abs().sum()) for p in model.net.backbone.parameters() if p.grad is not None)
+    assert (reached > 0) == end_to_end
+    assert sum(float(p.grad.abs().sum()) for p in model.net.feature_block.parameters()) > 0
+
+
 def test_the_mesh_loss_counts_only_samples_with_a_mesh():
     model = build().train()
     batch = fake_batch()
@@ -194,7 +204,7 @@ def test_the_mesh_loss_counts_only_samples_with_a_mesh():
 
 
 def test_the_weak_stage_freezes_a_teacher_and_trains_the_student_only():
-    model = build(weak_steps=2).train()
+    model = build(weak_stage=True).train()
     assert not bool(model.teacher_ready) and not model.teacher.training
     weak = default_collate([ge.WeakLabels(fake_samples())[i] for i in range(4)])
     assert torch.isnan(weak["keypoints_3d"]).all() and not weak["has_3d"].any() and not weak["has_mano"].any()
@@ -207,14 +217,14 @@ def test_the_weak_stage_freezes_a_teacher_and_trains_the_student_only():
     total.backward()
     assert all(p.grad is None for p in model.teacher.parameters())
     assert sum(float(p.grad.abs().sum()) for p in model.net.generator.parameters() if p.grad is not None) > 0
-    stages = ge.METHOD.stages(small_config(weak_steps=2))
+    stages = ge.METHOD.stages(small_config(weak_stage=True))
     assert [stage.name for stage in stages] == ["images", "weak"]
     teacher = {id(p) for p in model.teacher.parameters()}
     assert not {id(p) for p in stages[1].parameters(model)} & teacher
 
 
 def test_the_depth_loss_reaches_the_mesh_through_the_soft_renderer():
-    model = build(weak_steps=2, weight_pseudo=0.0).train()
+    model = build(weak_stage=True, weight_pseudo=0.0).train()
     weak = default_collate([ge.WeakLabels(fake_samples())[i] for i in range(4)])
     out = model(weak["image"])
     mesh = out["mesh"].detach().requires_grad_(True)
@@ -235,7 +245,7 @@ def test_variants_are_registered_experiment_arms():
     assert not any(variant.ships for variant in method.variants.values())
     assert "ge2019" in shipped_names() and not any(name.startswith("ge2019:") for name in shipped_names())
     assert method.config("quick", "no_edge").weight_edges == 0
-    assert method.config("quick", "weak_nodepth").weight_depth == 0 and method.config("quick", "weak").weak_steps > 0
+    assert method.config("quick", "weak_nodepth").weight_depth == 0 and method.config("quick", "weak").weak_stage
     with pytest.raises(ValueError, match="coarsening_levels"):
         small_config(coarsening_levels=3)
 
