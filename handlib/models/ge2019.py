@@ -51,6 +51,9 @@ Differences from the paper, so that it trains on a laptop CPU and fits the cours
 * The 2D network is the course's shared backbone (stride 4, shipped pre-trained) instead of a
   two-stack hourglass at 64 x 64; its score maps and features feed the feature block (the paper's
   1 x 1 convolutions + residual modules + max-pools down to 4 x 4, here stride-2 conv-BN-ReLU).
+  The 3D losses train the layers after the backbone only (``Ge2019Config.end_to_end``, measured).
+* The mesh generator adds its output to the mean hand's (u, v, d) (``template_mesh``), so a new
+  network's mesh is already hand-shaped.
 * The graph is MANO's mesh (778 vertices), not the authors' 954-vertex template, coarsened four
   times to 411 / 223 / 118 / 63 vertices without padding (``graph.coarsen``); the paper's sizes
   are 1280 / 640 / 320 / 160 / 80 with padded fake nodes.
@@ -63,7 +66,6 @@ Differences from the paper, so that it trains on a laptop CPU and fits the cours
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 from dataclasses import dataclass
