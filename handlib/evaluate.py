@@ -245,13 +245,15 @@ def _real_row(name: str, dataset: str, prediction: Prediction, targets: dict, im
 
 
 def score_real_samples(name: str, method: Method, model: nn.Module, config, dataset: str, samples: list,
-                       device=None) -> dict:
+                       device=None, predict=None) -> dict:
     """One row of the real-sample table: ``model`` on ``samples`` (one dataset of ``real_sample_sets``).
+
+    ``predict``: as in ``predict_dataset`` (None: ``method.predict``).
 
     Returns:
         dict with the keys of ``REAL_COLUMNS``.
     """
-    prediction, _ = predict_dataset(method, model, config, samples, device)
+    prediction, _ = predict_dataset(method, model, config, samples, device, predict=predict)
     return _real_row(name, dataset, prediction, default_collate(samples), config.image_size)
 
 

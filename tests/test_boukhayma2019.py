@@ -409,3 +409,31 @@ def test_the_method_trains_through_the_loop(tmp_path, monkeypatch, variant):
     assert all(math.isfinite(v) for stage in result.history.values() for values in stage.values() for v in values)
     assert result.metrics["alignment"] == "root" and result.metrics["num_samples"] == 8
     assert result.metrics["epe_3d_mm"] > 0 and 0 <= result.metrics["auc_20_50"] <= 1
+
+
+def test_the_tables_harness_trains_the_ablation_and_scores_every_row(tmp_path, monkeypatch):
+    """benchmarks/boukhayma_tables.py: every ablation arm trains (tiny) and is scored on the synthetic
+    test set and the real samples; the 2D-fit column scores a fit to a detector's keypoints."""
+    import importlib.util
+    from pathlib import Path
+
+    from handlib import methods
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "boukhayma_tables.py"
+    spec = importlib.util.spec_from_file_location("boukhayma_tables", path)
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    for name in [*harness.COLUMNS.values(), *harness.ABLATION.values()]:
+        get_method(name)                                                     # every row is a registered name
+    monkeypatch.setattr(methods, "CACHE_DIR", tmp_path / "cache")
+    overrides = {**dataclasses.asdict(small_config()), "train_samples": 8, "test_samples": 4, "steps": 2,
+                 "batch_size": 4, "pretrain_steps": 1}
+    rows = harness.ablation_rows("quick", run_dir=tmp_path / "runs", overrides=overrides)
+    synthetic = [row for row in rows if row["dataset"] == "synthetic"]
+    assert [row["row"] for row in synthetic] == list(harness.ABLATION)
+    assert all(row["num_samples"] == 4 and row["epe_3d_mm"] > 0 and row["mesh_error_mm"] > 0 for row in synthetic)
+    real = [row for row in rows if row["dataset"] != "synthetic"]
+    assert len(real) == 4 * len(harness.ABLATION) and all(row["epe_2d_px"] > 0 for row in real)
+    method, model, config = bk.METHOD, build(), small_config(test_samples=2)
+    fit = harness.score_rows(harness.FIT_COLUMN, method, model.encoder, config, predict=harness._fit_predict)
+    assert fit[0]["dataset"] == "synthetic" and fit[0]["epe_3d_mm"] > 0 and fit[0]["mesh_error_mm"] > 0
