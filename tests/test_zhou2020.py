@@ -314,3 +314,31 @@ def test_iknet_learns_on_pose_data(layer):
         optimizer.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_the_iknet_arms_train_iknet_alone_on_a_trained_detnet(tmp_path, monkeypatch):
+    """The IKNet ablation arms start DetNet from a trained checkpoint (``detnet_from``) and run no
+    DetNet step: DetNet's weights come out as they went in, and IKNet trains."""
+    from handlib import checkpoints, methods
+    from handlib.train import train
+
+    config = zhou.METHOD.config("quick", "no_cos")
+    assert config.detnet_from == "zhou2020" and config.steps == 0 and config.weight_cos == 0
+    trained = build(seed=1)
+    asked = []
+
+    def shipped(name, profile="full", **options):
+        asked.append((name, profile))
+        return zhou.METHOD, trained, trained.config
+
+    monkeypatch.setattr(checkpoints, "load_model", shipped)
+    monkeypatch.setattr(methods, "CACHE_DIR", tmp_path / "cache")
+    overrides = {**dataclasses.asdict(small_config()), "train_samples": 8, "test_samples": 4, "batch_size": 4,
+                 "iknet_steps": 3, "iknet_batch_size": 8, "detnet_from": "zhou2020", "steps": 0}
+    result = train("zhou2020:no_cos", profile="quick", device="cpu", run_dir=tmp_path / "runs", progress=False,
+                   overrides=overrides)
+    assert asked == [("zhou2020", "full")] and result.finished
+    assert len(result.history["iknet"]["total"]) == 3 and len(result.history.get("detnet", {}).get("total", [])) == 0
+    state = checkpoints.read_checkpoint(result.checkpoint, "cpu")["model"]
+    for key, value in trained.detnet.state_dict().items():
+        assert torch.equal(state[f"detnet.{key}"], value), key
