@@ -137,6 +137,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     from handlib.evaluate import format_table
+    from handlib.files import atomic_write_text
     from handlib.runtime import torch_threads
 
     started = time.perf_counter()
@@ -149,8 +150,7 @@ def main(argv=None) -> dict:
     record = json.loads(args.out.read_text()) if args.out.is_file() else {}
     record[args.part] = {"profile": args.profile, "seed": args.seed, "steps": args.steps,
                          "wall_time_s": time.perf_counter() - started, "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1))
+    atomic_write_text(args.out, json.dumps(record, indent=1))
     print(f"written {args.out}")
     return record
 

@@ -98,6 +98,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     from handlib.evaluate import format_table
+    from handlib.files import atomic_write_text
     from handlib.runtime import torch_threads
 
     overrides = {} if args.regulariser_steps is None else {"regulariser_steps": args.regulariser_steps}
@@ -106,8 +107,7 @@ def main(argv=None) -> list[dict]:
         rows = label_fraction_experiment([int(p) for p in args.fractions.split(",")], args.profile, args.steps,
                                          args.seed, args.run_dir, overrides, args.device)
     print(format_table(rows, COLUMNS))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"profile": args.profile, "seed": args.seed, "steps": args.steps,
+    atomic_write_text(args.out, json.dumps({"profile": args.profile, "seed": args.seed, "steps": args.steps,
                                     "overrides": overrides, "wall_time_s": time.perf_counter() - started,
                                     "rows": rows}, indent=1))
     print(f"written {args.out}")

@@ -77,13 +77,22 @@ def _evaluate(args):
 
 
 def _benchmark(args):
-    from handlib.evaluate import benchmark, real_benchmark
+    import json
+
+    from handlib.evaluate import BENCHMARK_COLUMNS, REAL_COLUMNS, benchmark, format_table, real_benchmark
+    from handlib.files import atomic_write_text
 
     if args.real:
-        real_benchmark(profile=args.profile, device=args.device, run_dir=args.run_dir, peers=not args.no_peers,
-                       verbose=True)
+        rows = real_benchmark(profile=args.profile, device=args.device, run_dir=args.run_dir,
+                              peers=not args.no_peers, verbose=True)
     else:
-        benchmark(profile=args.profile, device=args.device, run_dir=args.run_dir, verbose=True)
+        rows = benchmark(profile=args.profile, device=args.device, run_dir=args.run_dir, verbose=True)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(rows, indent=1, default=str))
+        print(f"wrote {args.json}")
+    if args.markdown:
+        atomic_write_text(args.markdown, format_table(rows, REAL_COLUMNS if args.real else BENCHMARK_COLUMNS) + "\n")
+        print(f"wrote {args.markdown}")
 
 
 def _predict(args) -> int:
@@ -186,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--run-dir", type=Path, default=None, help=SHIPPED_HELP)
     command.add_argument("--device", default=None)
     command.add_argument("--no-peers", action="store_true", help="with --real: leave MediaPipe Hands out")
+    command.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
+    command.add_argument("--markdown", type=Path, default=None, help="also write the table to this Markdown file")
     command.set_defaults(run=_benchmark)
 
     command = commands.add_parser("predict", help="predict the 3D hand in your own images (one hand per image)")

@@ -13,7 +13,9 @@ Scores (``handlib.metrics``, the papers' definitions):
 from __future__ import annotations
 
 import math
+import time
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
@@ -147,9 +149,31 @@ def format_table(rows: list[dict], columns: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+@torch.no_grad()
+def milliseconds_per_image(method: Method, model: nn.Module, config, dataset: Dataset, count: int = 8,
+                           device=None) -> float:
+    """The median wall time of ``method.predict`` on one image at a time (batch 1, after one warm-up
+    run), milliseconds: what a user waits for one photo's answer on this machine."""
+    device = get_device(device)
+    model.eval()
+    times = []
+    for i in range(count + 1):
+        batch = to_device(default_collate([dataset[i % len(dataset)]]), device)
+        started = time.perf_counter()
+        method.predict(model, batch, config)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return 1000.0 * float(np.median(times[1:]))
+
+
 def benchmark(profile: str = "full", names: list[str] | None = None, device=None, run_dir=None,
               verbose: bool = False) -> list[dict]:
     """Evaluate every method and variant that has a checkpoint, each on its fixed test set.
+
+    Besides ``score``'s numbers, each row has the model's size ("parameters"), the time it takes to
+    answer one image on this machine ("ms_per_image", ``milliseconds_per_image``) and the wall time
+    of its training ("train_minutes", from the checkpoint's record: the machine it names).
 
     Args:
         profile: whose checkpoints ("full": the shipped ones).
@@ -159,9 +183,10 @@ def benchmark(profile: str = "full", names: list[str] | None = None, device=None
         verbose: print the table, and the names that have no checkpoint.
 
     Returns:
-        list of dicts: {"method", "profile", "checkpoint", and ``score``'s keys}.
+        list of dicts: {"method", "profile", "checkpoint", ``score``'s keys, "parameters",
+        "ms_per_image", "train_minutes"}.
     """
-    from handlib.checkpoints import find_checkpoint
+    from handlib.checkpoints import find_checkpoint, load_model, read_checkpoint
     from handlib.registry import available_names
 
     rows, missing = [], []
@@ -171,14 +196,22 @@ def benchmark(profile: str = "full", names: list[str] | None = None, device=None
         except FileNotFoundError:
             missing.append(name)
             continue
+        method, model, config = load_model(name, profile, path, device)
+        test_set = method.test_data(config, config.test_samples)
         rows.append({"method": name, "profile": profile, "checkpoint": str(path),
-                     **evaluate(name, profile, path, device=device)})
+                     **evaluate_model(method, model, config, test_set, device),
+                     "parameters": sum(p.numel() for p in model.parameters()),
+                     "ms_per_image": milliseconds_per_image(method, model, config, test_set, device=device),
+                     "train_minutes": read_checkpoint(path, "cpu")["provenance"]["wall_time_s"] / 60.0})
     if verbose:
-        print(format_table(rows) if rows else f"no {profile} checkpoints found")
+        print(format_table(rows, BENCHMARK_COLUMNS) if rows else f"no {profile} checkpoints found")
         if missing:
             print(f"no {profile} checkpoint: {', '.join(missing)}; train with `python -m handlib train NAME`")
     return rows
 
+
+BENCHMARK_COLUMNS = {**{key: label for key, label in TABLE_COLUMNS.items() if key != "num_samples"},
+                     "parameters": "parameters", "ms_per_image": "ms / image", "train_minutes": "train (min)"}
 
 
 # --------------------------------------------------------------------------------------------

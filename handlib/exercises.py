@@ -666,6 +666,41 @@ def check_depth_l1(depth_l1) -> None:
     print("depth_l1: correct (the same as handlib.models.cai2018.depth_loss, sample by sample)")
 
 
+def check_g_floor(g_floor) -> None:
+    """Chapter 3, exercise 3 (an experiment): the floor of L_dep.
+
+    ``g_floor()`` -> float: the mean over the first 32 images of the fixed synthetic test set of
+    G(true joints)'s L1 error against the sensor's depth (``cai2018.depth_views`` with a generator
+    seeded 0, the mean over each image's known cells, then over the images), with the shipped model.
+
+    Raises:
+        ExerciseError: the number differs from the course's measurement of it.
+    """
+    from torch.utils.data import default_collate
+
+    from handlib.checkpoints import load_model
+    from handlib.models import cai2018 as cai
+
+    answer = _call(g_floor, "g_floor")
+    if torch.is_tensor(answer) and answer.numel() == 1:
+        answer = answer.item()
+    if not isinstance(answer, (int, float)):
+        raise ExerciseError(f"g_floor should return one number (a float), got {type(answer).__name__}")
+    _, model, config = load_model("cai2018")
+    test_set = cai.METHOD.test_data(config, 32)
+    views = cai.depth_views(model, default_collate([test_set[i] for i in range(32)]), torch.Generator().manual_seed(0))
+    known = views["known"]
+    per_image = lambda rendered: ((rendered - views["sensor"]).abs() * known).sum((1, 2)) / known.sum((1, 2))  # noqa: E731
+    expected, predicted = per_image(views["true_joints"]).mean().item(), per_image(views["predicted_joints"]).mean().item()
+    if abs(answer - predicted) < 1e-3:
+        raise ExerciseError(f"{answer:.3f} is G of the *predicted* joints; the floor is G of the true ones "
+                            "(views['true_joints'])")
+    if abs(answer - expected) > 2e-3:
+        raise ExerciseError(f"got {answer:.4f}; average |G(J) - D| over each image's known cells "
+                            "(views['known']), then over the 32 images, with torch.Generator().manual_seed(0)")
+    print(f"g_floor: correct ({expected:.3f} DEPTH_UNITs, {1000 * expected * cai.DEPTH_UNIT:.1f} mm; "
+          f"G of the predicted joints: {predicted:.3f})")
+
 # --------------------------------------------------------------------------------------------
 # Chapter 4: MANO regression from the image (Boukhayma et al. 2019)
 # --------------------------------------------------------------------------------------------

@@ -39,6 +39,13 @@ def atomic_path(path):
             os.remove(tmp)
 
 
+def atomic_write_text(path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically: a reader sees the old file or the new one."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
+    return Path(path)
+
+
 def save_npz(path, compressed: bool = True, **arrays) -> Path:
     """Write numpy arrays to ``path`` (.npz) atomically."""
     with atomic_path(path) as tmp:

@@ -4,6 +4,7 @@ The models are small and start from a fresh backbone (``pretrained_backbone=Fals
 needs the shipped checkpoints.
 """
 import dataclasses
+import json
 import math
 
 import pytest
@@ -278,6 +279,20 @@ def test_the_method_trains_through_the_loop(tmp_path, monkeypatch):
     assert all(math.isfinite(v) for values in result.history["images"].values() for v in values)
     assert result.metrics["alignment"] == "gt_root_scale" and result.metrics["num_samples"] == 8
     assert result.metrics["epe_3d_mm"] > 0 and 0 <= result.metrics["auc_20_50"] <= 1
+
+    # The run's row of `python -m handlib benchmark`: its numbers, size, speed and training time.
+    from handlib.__main__ import main
+
+    out = tmp_path / "table"
+    assert main(["benchmark", "--profile", "quick", "--run-dir", str(tmp_path / "runs"), "--device", "cpu",
+                 "--json", str(out.with_suffix(".json")), "--markdown", str(out.with_suffix(".md"))]) in (0, None)
+    rows = json.loads(out.with_suffix(".json").read_text())
+    (row,) = [row for row in rows if row["method"] == "cai2018:labels25"]
+    model = get_method("cai2018")[0].build_model(get_method("cai2018")[0].config("quick", "labels25", **overrides))
+    assert row["parameters"] == sum(p.numel() for p in model.parameters())
+    assert row["ms_per_image"] > 0 and 0 < row["train_minutes"] * 60 <= result.wall_time_s + 1
+    assert row["epe_3d_mm"] == pytest.approx(result.metrics["epe_3d_mm"], rel=1e-4)
+    assert "ms / image" in out.with_suffix(".md").read_text()
 
 
 def test_the_experiment_harness_names_registered_arms():
