@@ -342,3 +342,41 @@ def test_the_iknet_arms_train_iknet_alone_on_a_trained_detnet(tmp_path, monkeypa
     state = checkpoints.read_checkpoint(result.checkpoint, "cpu")["model"]
     for key, value in trained.detnet.state_dict().items():
         assert torch.equal(state[f"detnet.{key}"], value), key
+
+
+def test_the_tables_harness_scores_every_row(tmp_path, monkeypatch):
+    """benchmarks/zhou_tables.py on a tiny trained model: the three pose solvers, the IKNet arms
+    (trained on that model's DetNet), the true poses' plausibility, and the speed table."""
+    import importlib.util
+    from pathlib import Path
+
+    from handlib import checkpoints, methods
+    from handlib.train import train
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "zhou_tables.py"
+    spec = importlib.util.spec_from_file_location("zhou_tables", path)
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    monkeypatch.setattr(methods, "CACHE_DIR", tmp_path / "cache")
+    tiny = {**dataclasses.asdict(small_config()), "train_samples": 8, "test_samples": 4, "batch_size": 4,
+            "iknet_steps": 2, "iknet_batch_size": 8, "steps": 2}
+    shipped = train("zhou2020", profile="quick", device="cpu", run_dir=tmp_path / "shipped", progress=False,
+                    overrides=tiny).checkpoint
+    load = checkpoints.load_model
+
+    def load_tiny(name, profile="full", checkpoint=None, device=None, run_dir=None):   # "the shipped DetNet"
+        return load(name, "quick", shipped if checkpoint is None else checkpoint, device, run_dir)
+
+    monkeypatch.setattr(checkpoints, "load_model", load_tiny)
+    rows = harness.ablation_rows("quick", run_dir=tmp_path / "arms", shipped_run_dir=tmp_path / "shipped",
+                                 overrides={**tiny, "detnet_from": "zhou2020", "steps": 0})
+    synthetic = {row["row"]: row for row in rows if row["dataset"] == "synthetic"}
+    assert list(synthetic) == ["true poses", *harness.SOLVER_ROWS, *harness.IKNET_ROWS]
+    assert synthetic["true poses"]["fraction_outside"] < 0.01                     # the truth keeps the limits
+    assert "mesh_error_mm" not in synthetic["no IKNet (DetNet's joints)"]         # no mesh without a pose
+    assert all(synthetic[row]["epe_3d_mm"] > 0 and 0 <= synthetic[row]["fraction_outside"] <= 1
+               for row in [*harness.IKNET_ROWS, "DetNet + IKNet (full)", "pose by optimisation"])
+    assert len([row for row in rows if row["dataset"] != "synthetic"]) == 4 * 7
+    speed = harness.speed_rows("quick", repeats=2, run_dir=tmp_path / "shipped")
+    assert [row["part"] for row in speed] == ["DetNet", "shape fit", "IKNet + MANO", "whole pipeline"]
+    assert all(row["ms_per_image"] > 0 for row in speed) and speed[-1]["frames_per_second"] > 0
