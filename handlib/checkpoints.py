@@ -106,6 +106,33 @@ def load_model(name: str, profile: str | None = "full", checkpoint=None, device=
     return method, model.eval(), config
 
 
+def copy_weights(model: torch.nn.Module, name: str, prefixes: tuple = ("",), profile: str = "full") -> list[str]:
+    """Start part of a model from a trained one: copy the weights (parameters and buffers) of
+    ``name``'s checkpoint (``load_model``: the shipped one for "full") whose names start with one of
+    ``prefixes`` into ``model``. An experiment's arms use it to share a trained part (a DetNet, a
+    first stage) and train the rest.
+
+    Returns:
+        the names copied.
+
+    Raises:
+        ValueError: nothing matches ``prefixes``, or a copied tensor's shape differs (the checkpoint
+        was made with other sizes).
+    """
+    _, trained, _ = load_model(name, profile, device="cpu")
+    source = {key: value for key, value in trained.state_dict().items() if key.startswith(tuple(prefixes))}
+    target = model.state_dict()
+    if not source:
+        raise ValueError(f"prefixes: no weight of {name!r} starts with {prefixes}")
+    for key, value in source.items():
+        if key not in target or target[key].shape != value.shape:
+            raise ValueError(f"{name}: its {key} {tuple(value.shape)} does not fit this model's "
+                             f"{tuple(target[key].shape) if key in target else 'missing'}; train {name!r} with the "
+                             "same sizes first")
+    model.load_state_dict(source, strict=False)
+    return list(source)
+
+
 def save_checkpoint(path, state: dict) -> Path:
     """Write a checkpoint atomically (``handlib.files.save_torch``), stamped with ``CHECKPOINT_FORMAT``."""
     return save_torch({"format": CHECKPOINT_FORMAT, **state}, path)

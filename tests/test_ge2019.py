@@ -248,6 +248,8 @@ def test_variants_are_registered_experiment_arms():
     assert "ge2019" in shipped_names() and not any(name.startswith("ge2019:") for name in shipped_names())
     assert method.config("quick", "no_edge").weight_edges == 0
     assert method.config("quick", "weak_nodepth").weight_depth == 0 and method.config("quick", "weak").weak_stage
+    weak = method.config("quick", "weak")                   # the weak stage alone, from the shipped model
+    assert weak.net_from == "ge2019" and weak.steps == 0 and method.config("quick").net_from == ""
     with pytest.raises(ValueError, match="coarsening_levels"):
         small_config(coarsening_levels=3)
 

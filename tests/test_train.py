@@ -364,6 +364,22 @@ def test_runs_and_shipped_checkpoints_are_never_mixed_up(tmp_path, registered):
         checkpoints.load_model("tiny:two_stage", checkpoint=shipped, device="cpu")
 
 
+def test_copy_weights_starts_part_of_a_model_from_a_shipped_one(tmp_path, registered):
+    finished = run(tmp_path / "runs")
+    checkpoints.export_checkpoint(finished.checkpoint, checkpoints.shipped_path("tiny", "quick"))
+    model = TinyModel()
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    assert checkpoints.copy_weights(model, "tiny", ("conv.",), profile="quick") == ["conv.weight", "conv.bias"]
+    shipped = load_torch(checkpoints.shipped_path("tiny", "quick"))["model"]
+    assert torch.equal(model.conv.weight, shipped["conv.weight"])                   # copied
+    assert torch.equal(model.linear.weight, before["linear.weight"])                # left as it was
+    with pytest.raises(ValueError, match="no weight of 'tiny' starts with"):
+        checkpoints.copy_weights(model, "tiny", ("encoder.",), profile="quick")
+    model.linear = nn.Linear(4, 5)
+    with pytest.raises(ValueError, match="does not fit"):
+        checkpoints.copy_weights(model, "tiny", ("linear.",), profile="quick")
+
+
 def test_unreadable_checkpoints_are_refused_with_a_clear_error(tmp_path):
     other_format = tmp_path / "old.pt"
     torch.save({"step": 3, "model": {}}, other_format)                  # e.g. a checkpoint of an older handlib

@@ -341,6 +341,10 @@ class Ge2019Config(ImageTraining):
         depth_sigma, depth_gamma: the soft renderer's coverage blur (pixels^2 of the depth map) and
             depth softness (metres), ``soft_depth``.
         depth_sensor: read the weak images' depth through the depth sensor's flaws.
+        net_from: "" (the network starts from the shared backbone), or a method name whose shipped
+            ``full`` checkpoint's network this run starts from (``checkpoints.copy_weights``). The weak
+            arms use it with ``steps`` = 0: they run the weak stage alone from the shipped fully
+            supervised model (its teacher is that model), so that they differ by the weak stage alone.
     """
     encoder: str = backbone.ENCODER
     encoder_width: float = backbone.ENCODER_WIDTH
@@ -372,6 +376,7 @@ class Ge2019Config(ImageTraining):
     depth_sigma: float = 0.5
     depth_gamma: float = 2e-3
     depth_sensor: bool = True
+    net_from: str = ""
 
     def __post_init__(self):
         if self.coarsening_levels < 2 or self.coarsening_levels % 2:
@@ -766,7 +771,11 @@ def _stages(config: Ge2019Config) -> list[Stage]:
 
 
 def _initialize(model: Ge2019, config: Ge2019Config) -> None:
-    if config.pretrained_backbone:
+    if config.net_from:
+        from handlib.checkpoints import copy_weights
+
+        copy_weights(model, config.net_from, ("net.",))
+    elif config.pretrained_backbone:
         backbone.load_pretrained(model.net.backbone)
 
 
@@ -784,7 +793,7 @@ CONFIGS = {
                          milestones=(3600,), checkpoint_every=200, weak_steps=600, weak_samples=4096),
 }
 
-_WEAK = {"weak_stage": True}
+_WEAK = {"weak_stage": True, "net_from": "ge2019", "steps": 0}      # the weak stage alone, on the shipped model
 # The arms of the chapter's experiments (a benchmark script trains and reports them; only the fully
 # supervised method ships).
 VARIANTS = {

@@ -839,10 +839,9 @@ def _stages(config: Zhou2020Config) -> list[Stage]:
 
 def _initialize(model: Zhou2020, config: Zhou2020Config) -> None:
     if config.detnet_from:
-        from handlib.checkpoints import load_model
+        from handlib.checkpoints import copy_weights
 
-        _, trained, _ = load_model(config.detnet_from, "full", device="cpu")
-        model.detnet.load_state_dict(trained.detnet.state_dict())
+        copy_weights(model, config.detnet_from, ("detnet.",))
     elif config.pretrained_backbone:
         backbone.load_pretrained(model.detnet.backbone)
 
