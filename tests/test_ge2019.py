@@ -271,3 +271,45 @@ def test_the_method_trains_through_the_loop(tmp_path, monkeypatch):
     assert all(math.isfinite(v) for stage in result.history.values() for values in stage.values() for v in values)
     assert result.metrics["alignment"] == "root" and result.metrics["num_samples"] == 8
     assert result.metrics["epe_3d_mm"] > 0 and result.metrics["mesh_error_mm"] > 0
+
+
+def test_the_tables_harness_scores_every_row(tmp_path, monkeypatch):
+    """benchmarks/ge_tables.py on tiny runs: the shipped model on the second style and the weak arms
+    on top of it, the mesh-term arms, and the graph CNN beside MANO regression."""
+    import importlib.util
+    from pathlib import Path
+
+    from handlib import checkpoints, methods
+    from handlib.train import train
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ge_tables.py"
+    spec = importlib.util.spec_from_file_location("ge_tables", path)
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    monkeypatch.setattr(methods, "CACHE_DIR", tmp_path / "cache")
+    small = {key: value for key, value in dataclasses.asdict(small_config()).items() if key != "weak_stage"}
+    tiny = {**small, "train_samples": 8, "test_samples": 4, "steps": 2, "batch_size": 4, "weak_steps": 2,
+            "weak_samples": 8}
+    shipped = train("ge2019", profile="quick", device="cpu", run_dir=tmp_path / "shipped", progress=False,
+                    overrides=tiny).checkpoint
+    load = checkpoints.load_model
+
+    def load_tiny(name, profile="full", checkpoint=None, device=None, run_dir=None):   # "the shipped model"
+        return load(name, "quick", shipped if checkpoint is None else checkpoint, device, run_dir)
+
+    monkeypatch.setattr(checkpoints, "load_model", load_tiny)
+    rows = harness.weak_rows("quick", run_dir=tmp_path / "arms", shipped_run_dir=tmp_path / "shipped",
+                             overrides={**tiny, "net_from": "ge2019", "steps": 0})
+    second = [row for row in rows if row["dataset"] == "second style"]
+    assert [row["row"] for row in second] == ["fully supervised, first style only", *harness.WEAK_ROWS]
+    assert all(row["epe_3d_mm"] > 0 and row["mesh_error_mm"] > 0 for row in second)
+    assert len(rows) == 5 * len(second)                                          # and the four real sets
+    rows = harness.mesh_term_rows("quick", run_dir=tmp_path / "arms", overrides=tiny)
+    assert [row["row"] for row in rows] == list(harness.MESH_ROWS) and all(row["wall_time_s"] > 0 for row in rows)
+    from tests.test_boukhayma2019 import small_config as boukhayma_config
+
+    train("boukhayma2019", profile="quick", device="cpu", run_dir=tmp_path / "shipped", progress=False,
+          overrides={**dataclasses.asdict(boukhayma_config()), "train_samples": 8, "test_samples": 4, "steps": 1,
+                     "batch_size": 4, "pretrain_steps": 1})
+    rows = harness.versus_mano_rows("quick", run_dir=tmp_path / "shipped")
+    assert {row["row"] for row in rows} == set(harness.VERSUS) and all(row["epe_2d_px"] > 0 for row in rows)

@@ -700,8 +700,9 @@ def ge2019_predict(model: Ge2019, batch: dict, config: Ge2019Config | None = Non
 
     Args:
         model: a ``Ge2019``.
-        batch: "image" (B, 3, S, S) in [0, 1]; "K" (B, 3, 3) the crop's intrinsics if known (else
-            ``nominal_intrinsics``: the result is then weak-perspective, off by a few mm of perspective).
+        batch: "image" (B, 3, S, S) in [0, 1]; "K" (B, 3, 3) the crop's intrinsics if known (absent,
+            or NaN for a sample without a camera: ``nominal_intrinsics``, and the result is then
+            weak-perspective, off by a few mm of perspective).
         config: unused (the model holds its config); the ``Method.predict`` signature.
 
     Returns:
@@ -713,10 +714,10 @@ def ge2019_predict(model: Ge2019, batch: dict, config: Ge2019Config | None = Non
     image = batch["image"]
     out = model(image)
     size, count = model.config.image_size, len(image)
-    K = batch.get("K")
-    if K is None:
-        K = nominal_intrinsics(count, size, out["extent"])
-    K = K.to(image.dtype)
+    K = nominal_intrinsics(count, size, out["extent"]).to(image.dtype)
+    if batch.get("K") is not None:                      # a sample's own camera where it has one (not NaN)
+        known = torch.isfinite(batch["K"]).flatten(1).all(1)[:, None, None]
+        K = torch.where(known, batch["K"].to(image.dtype), K)
     root_depth = out["extent"] * K[:, 0, 0] / size                                      # z = e f / S
     joints = lift(out["joints"], K, size, root_depth)
     vertices = lift(out["mesh"], K, size, root_depth)
