@@ -40,6 +40,7 @@ Nothing here imports ``mediapipe`` until ``mediapipe_hands`` runs: it is an opti
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -222,6 +223,22 @@ def _read_member(wheel: Path) -> bytes:
 # Running MediaPipe Hands on a batch of crops
 # --------------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Send file descriptor 2 to /dev/null while MediaPipe's C++ runs: its absl logging writes
+    warnings about its own graph to every notebook cell that calls it (no environment variable
+    turns them off). Python's exceptions are not affected."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def mediapipe_hands(images: torch.Tensor, model_path=None, *, is_right: torch.Tensor | None = None,
                     upscale: float = UPSCALE, border: float = BORDER, fill: str | float = FILL, num_hands: int = 2,
                     min_detection_confidence: float = 0.5, min_presence_confidence: float = 0.5) -> Prediction:
@@ -313,7 +330,7 @@ def mediapipe_hands(images: torch.Tensor, model_path=None, *, is_right: torch.Te
     num_found = torch.zeros(batch, dtype=torch.int64)
     right_score = torch.full((batch,), float("nan"))
     centre = torch.tensor([width / 2.0, height / 2.0])
-    with vision.HandLandmarker.create_from_options(options) as landmarker:
+    with _native_stderr_silenced(), vision.HandLandmarker.create_from_options(options) as landmarker:
         for index in range(batch):
             framed, scale, pad = _frame(images[index].detach().float().cpu(), upscale, border, fill)
             result = landmarker.detect(mediapipe.Image(image_format=mediapipe.ImageFormat.SRGB, data=framed))
