@@ -43,6 +43,22 @@ FRAMES = ("camera", "root_relative", "normalized")
 CACHE_DIR = DATA_DIR / "cache"
 
 
+def check_shape(name: str, value, shape: tuple, unit: str = "") -> None:
+    """Raise a ValueError that names the argument, the expected and the received shape, unless
+    ``value`` is a tensor of ``shape`` (None: any size there; the first None reads "B", the batch).
+
+    Example:
+        >>> check_shape("keypoints", torch.zeros(2, 21, 3), (None, 21, 3), " in metres")
+    """
+    ok = (isinstance(value, torch.Tensor) and value.ndim == len(shape)
+          and all(want is None or got == want for got, want in zip(value.shape, shape)))
+    if not ok:
+        want = ", ".join("B" if i == 0 and size is None else ("N" if size is None else str(size))
+                         for i, size in enumerate(shape))
+        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"{name}: expected a tensor of shape ({want}){unit}, got {got}")
+
+
 # --------------------------------------------------------------------------------------------
 # Predictions
 # --------------------------------------------------------------------------------------------

@@ -50,8 +50,8 @@ from torch import nn
 
 from handlib.geometry import axis_angle_to_matrix
 from handlib.mano.layer import ManoLayer
-from handlib.methods import ImageTraining, LossContext, Method, Prediction, Schedule, Stage, Variant, image_stage, \
-    synthetic_test_set
+from handlib.methods import ImageTraining, LossContext, Method, Prediction, Schedule, Stage, Variant, check_shape, \
+    image_stage, synthetic_test_set
 from handlib.models import backbone
 from handlib.models.backbone import conv_bn_relu, keypoints_from_score_maps
 from handlib.skeleton import NUM_KEYPOINTS, WRIST
@@ -78,17 +78,6 @@ MASK_TERMS = ("vertices", "silhouette")
 # The weak-perspective camera
 # --------------------------------------------------------------------------------------------
 
-def _check_shape(name: str, value, shape: tuple, unit: str = "") -> None:
-    """Raise ValueError unless ``value`` is a tensor of ``shape`` (None: any size there)."""
-    ok = (isinstance(value, torch.Tensor) and value.ndim == len(shape)
-          and all(want is None or got == want for got, want in zip(value.shape, shape)))
-    if not ok:
-        want = ", ".join("B" if i == 0 and size is None else ("N" if size is None else str(size))
-                         for i, size in enumerate(shape))
-        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise ValueError(f"{name}: expected a tensor of shape ({want}){unit}, got {got}")
-
-
 def hand_centre(keypoints: torch.Tensor) -> torch.Tensor:
     """The origin of the weak-perspective camera: the centre of the keypoints' bounding box.
 
@@ -102,7 +91,7 @@ def hand_centre(keypoints: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, 1, 3): (max_j X_j + min_j X_j) / 2, per axis.
     """
-    _check_shape("keypoints", keypoints, (None, NUM_KEYPOINTS, 3), " in metres")
+    check_shape("keypoints", keypoints, (None, NUM_KEYPOINTS, 3), " in metres")
     return (keypoints.amax(1, keepdim=True) + keypoints.amin(1, keepdim=True)) / 2
 
 
@@ -116,8 +105,8 @@ def project_weak_perspective(points: torch.Tensor, camera: torch.Tensor) -> torc
     Returns:
         (B, N, 2) pixels.
     """
-    _check_shape("points", points, (None, None, 3), " in metres")
-    _check_shape("camera", camera, (points.shape[0], 3), " [s, t_x, t_y]")
+    check_shape("points", points, (None, None, 3), " in metres")
+    check_shape("camera", camera, (points.shape[0], 3), " [s, t_x, t_y]")
     return camera[:, None, :1] * points[..., :2] + camera[:, None, 1:]                  # (B, N, 2)
 
 
@@ -136,11 +125,11 @@ def fit_weak_perspective(points_3d: torch.Tensor, points_2d: torch.Tensor,
     Returns:
         (B, 3) [s, t_x, t_y], s in pixels per metre, t in pixels.
     """
-    _check_shape("points_3d", points_3d, (None, None, 3), " in metres")
-    _check_shape("points_2d", points_2d, (points_3d.shape[0], points_3d.shape[1], 2), " in pixels")
+    check_shape("points_3d", points_3d, (None, None, 3), " in metres")
+    check_shape("points_2d", points_2d, (points_3d.shape[0], points_3d.shape[1], 2), " in pixels")
     if weights is None:
         weights = torch.ones(points_3d.shape[:2], dtype=points_3d.dtype, device=points_3d.device)
-    _check_shape("weights", weights, tuple(points_3d.shape[:2]))
+    check_shape("weights", weights, tuple(points_3d.shape[:2]))
     w = (weights / weights.sum(1, keepdim=True).clamp_min(1e-12))[..., None]         # (B, N, 1)
     a_bar, b_bar = (w * points_3d[..., :2]).sum(1), (w * points_2d).sum(1)             # (B, 2)
     a, b = points_3d[..., :2] - a_bar[:, None], points_2d - b_bar[:, None]            # (B, N, 2)
@@ -346,7 +335,7 @@ class Boukhayma2019(nn.Module):
 
     def hand(self, parameters: torch.Tensor) -> dict:
         """Parameters (B, 6 + P + 10) -> the hand (the keys of ``forward`` but "score_maps")."""
-        _check_shape("parameters", parameters, (None, self.config.num_parameters), " [s, t, r, theta, beta]")
+        check_shape("parameters", parameters, (None, self.config.num_parameters), " [s, t, r, theta, beta]")
         pca = self.config.num_pca_components
         camera, global_orient = parameters[:, :3], parameters[:, 3:6]
         hand_pose, betas = parameters[:, 6:6 + pca], parameters[:, 6 + pca:]
@@ -378,9 +367,9 @@ def keypoint_loss_2d(predicted: torch.Tensor, target: torch.Tensor, visibility: 
     Returns:
         scalar tensor, pixels.
     """
-    _check_shape("predicted", predicted, (None, NUM_KEYPOINTS, 2), " in pixels")
-    _check_shape("target", target, tuple(predicted.shape), " in pixels")
-    _check_shape("visibility", visibility, tuple(predicted.shape[:2]))
+    check_shape("predicted", predicted, (None, NUM_KEYPOINTS, 2), " in pixels")
+    check_shape("target", target, tuple(predicted.shape), " in pixels")
+    check_shape("visibility", visibility, tuple(predicted.shape[:2]))
     error = (predicted - torch.nan_to_num(target)).abs().sum(-1)                           # (B, 21)
     per_sample = (visibility * error).sum(1) / visibility.sum(1).clamp_min(1.0)            # (B,)
     return _weighted_mean(per_sample, (visibility.sum(1) > 0).float())
@@ -398,9 +387,9 @@ def keypoint_loss_3d(predicted: torch.Tensor, target: torch.Tensor, has_3d: torc
     Returns:
         scalar tensor, squared decimetres; 0 when no sample has a label.
     """
-    _check_shape("predicted", predicted, (None, NUM_KEYPOINTS, 3), " in metres")
-    _check_shape("target", target, tuple(predicted.shape), " in metres")
-    _check_shape("has_3d", has_3d, (predicted.shape[0],))
+    check_shape("predicted", predicted, (None, NUM_KEYPOINTS, 3), " in metres")
+    check_shape("target", target, tuple(predicted.shape), " in metres")
+    check_shape("has_3d", has_3d, (predicted.shape[0],))
     target = torch.nan_to_num(target)
     error = (predicted - predicted[:, WRIST:WRIST + 1]) - (target - target[:, WRIST:WRIST + 1])
     per_sample = (error / LENGTH_UNIT_3D).square().sum(-1).mean(-1)                        # (B,)
@@ -422,9 +411,9 @@ def vertex_mask_loss(vertices_2d: torch.Tensor, mask: torch.Tensor, has_mask: to
     Returns:
         scalar tensor in [0, 1]; 0 when no sample has a mask.
     """
-    _check_shape("vertices_2d", vertices_2d, (None, None, 2), " in pixels")
-    _check_shape("mask", mask, (vertices_2d.shape[0], None, None))
-    _check_shape("has_mask", has_mask, (vertices_2d.shape[0],))
+    check_shape("vertices_2d", vertices_2d, (None, None, 2), " in pixels")
+    check_shape("mask", mask, (vertices_2d.shape[0], None, None))
+    check_shape("has_mask", has_mask, (vertices_2d.shape[0],))
     height, width = mask.shape[-2:]
     size = torch.tensor([width, height], dtype=vertices_2d.dtype, device=vertices_2d.device)
     grid = 2 * vertices_2d / size - 1                                                    # (B, V, 2) in [-1, 1]
@@ -456,9 +445,9 @@ def silhouette_mask_loss(vertices: torch.Tensor, camera: torch.Tensor, faces: to
     """
     from handlib.render.silhouette import soft_silhouette
 
-    _check_shape("vertices", vertices, (None, None, 3), " in metres")
-    _check_shape("camera", camera, (vertices.shape[0], 3), " [s, t_x, t_y]")
-    _check_shape("mask", mask, (vertices.shape[0], None, None))
+    check_shape("vertices", vertices, (None, None, 3), " in metres")
+    check_shape("camera", camera, (vertices.shape[0], 3), " [s, t_x, t_y]")
+    check_shape("mask", mask, (vertices.shape[0], None, None))
     ratio = size / mask.shape[-1]
     K = torch.zeros(vertices.shape[0], 3, 3, dtype=vertices.dtype, device=vertices.device)
     K[:, 0, 0] = K[:, 1, 1] = camera[:, 0] * ratio
@@ -480,8 +469,8 @@ def regularisation_loss(hand_pose: torch.Tensor, betas: torch.Tensor, weight_bet
     Returns:
         scalar tensor.
     """
-    _check_shape("hand_pose", hand_pose, (None, None))
-    _check_shape("betas", betas, (hand_pose.shape[0], None))
+    check_shape("hand_pose", hand_pose, (None, None))
+    check_shape("betas", betas, (hand_pose.shape[0], None))
     return (hand_pose.square().mean(1) + weight_beta * betas.square().mean(1)).mean()
 
 
@@ -525,7 +514,7 @@ def pca_coefficients(layer: ManoLayer, pose: torch.Tensor) -> torch.Tensor:
     """
     if layer.num_pca_comps is None:
         raise ValueError("layer: expected a ManoLayer with num_pca_comps set (the PCA space), got num_pca_comps=None")
-    _check_shape("pose", pose, (None, None), " axis-angle")
+    check_shape("pose", pose, (None, None), " axis-angle")
     if pose.shape[1] not in (45, 48):
         raise ValueError(f"pose: expected shape (B, 45) or (B, 48) axis-angle, got {tuple(pose.shape)}")
     finger = pose[:, -45:]
@@ -634,7 +623,7 @@ def fit_detected_keypoints(detector: nn.Module, batch: dict, layer: ManoLayer | 
     if not isinstance(batch, dict) or "image" not in batch or "K" not in batch:
         raise ValueError("batch: expected a dict with 'image' (B, 3, S, S) and 'K' (B, 3, 3), the crops' intrinsics")
     image, K = batch["image"], batch["K"]
-    _check_shape("batch['K']", K, (image.shape[0], 3, 3), " intrinsics")
+    check_shape("batch['K']", K, (image.shape[0], 3, 3), " intrinsics")
     if not torch.isfinite(K).all():
         raise ValueError("batch['K']: the 2D fit needs each crop's intrinsics, got NaN (a dataset without a camera); "
                          "give a nominal K, e.g. handlib.render.make_intrinsics")

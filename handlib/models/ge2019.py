@@ -78,8 +78,8 @@ from torch.utils.data import Dataset
 from handlib.data import synth
 from handlib.data.depth_sensor import simulate_depth_sensor
 from handlib.mano.layer import ManoLayer
-from handlib.methods import (ImageTraining, LossContext, Method, Prediction, Schedule, Stage, image_stage,
-                             synthetic_training_set, synthetic_test_set, with_camera_effects, Variant)
+from handlib.methods import (ImageTraining, LossContext, Method, Prediction, Schedule, Stage, Variant, check_shape,
+                             image_stage, synthetic_test_set, synthetic_training_set, with_camera_effects)
 from handlib.models import backbone, graph
 from handlib.models.backbone import conv_bn_relu, keypoints_from_score_maps, score_map_loss, score_map_size, \
     score_map_targets
@@ -100,21 +100,6 @@ INITIAL_EXTENT = 0.16
 
 
 # --------------------------------------------------------------------------------------------
-# Input checks
-# --------------------------------------------------------------------------------------------
-
-def _check_shape(name: str, value, shape: tuple, unit: str = "") -> None:
-    """Raise ValueError unless ``value`` is a tensor of ``shape`` (None: any size there)."""
-    ok = (isinstance(value, torch.Tensor) and value.ndim == len(shape)
-          and all(want is None or got == want for got, want in zip(value.shape, shape)))
-    if not ok:
-        want = ", ".join("B" if i == 0 and size is None else ("N" if size is None else str(size))
-                         for i, size in enumerate(shape))
-        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise ValueError(f"{name}: expected a tensor of shape ({want}){unit}, got {got}")
-
-
-# --------------------------------------------------------------------------------------------
 # (u, v, d) and metres
 # --------------------------------------------------------------------------------------------
 
@@ -130,8 +115,8 @@ def to_image_depth(points: torch.Tensor, K: torch.Tensor, image_size: int, root_
     Returns:
         (B, N, 3).
     """
-    _check_shape("points", points, (None, None, 3), " metres, camera frame")
-    _check_shape("K", K, (points.shape[0], 3, 3))
+    check_shape("points", points, (None, None, 3), " metres, camera frame")
+    check_shape("K", K, (points.shape[0], 3, 3))
     z = points[..., 2]
     u = (K[:, None, 0, 0] * points[..., 0] / z + K[:, None, 0, 2]) / image_size
     v = (K[:, None, 1, 1] * points[..., 1] / z + K[:, None, 1, 2]) / image_size
@@ -149,8 +134,8 @@ def lift(image_depth: torch.Tensor, K: torch.Tensor, image_size: int, root_depth
     Returns:
         (B, N, 3) metres, camera frame.
     """
-    _check_shape("image_depth", image_depth, (None, None, 3), " (u, v, d)")
-    _check_shape("K", K, (image_depth.shape[0], 3, 3))
+    check_shape("image_depth", image_depth, (None, None, 3), " (u, v, d)")
+    check_shape("K", K, (image_depth.shape[0], 3, 3))
     z = root_depth[:, None] + image_depth[..., 2] * DEPTH_UNIT
     x = (image_depth[..., 0] * image_size - K[:, None, 0, 2]) * z / K[:, None, 0, 0]
     y = (image_depth[..., 1] * image_size - K[:, None, 1, 2]) * z / K[:, None, 1, 1]
@@ -194,8 +179,8 @@ def camera_mesh(pose: torch.Tensor, betas: torch.Tensor, keypoints_3d: torch.Ten
     Returns:
         (B, 778, 3) metres, camera frame.
     """
-    _check_shape("pose", pose, (None, 48))
-    _check_shape("keypoints_3d", keypoints_3d, (pose.shape[0], NUM_KEYPOINTS, 3), " metres")
+    check_shape("pose", pose, (None, 48))
+    check_shape("keypoints_3d", keypoints_3d, (pose.shape[0], NUM_KEYPOINTS, 3), " metres")
     layer = hand_layer().to(pose.device)
     out = layer(hand_pose=pose[:, 3:], betas=betas, global_orient=pose[:, :3])
     return out.vertices + (keypoints_3d[:, WRIST:WRIST + 1] - out.joints[:, WRIST:WRIST + 1])
@@ -228,7 +213,7 @@ class MeshTopology:
 
 
 def _check_meshes(predicted, target) -> None:
-    _check_shape("predicted", predicted, (None, None, 3))
+    check_shape("predicted", predicted, (None, None, 3))
     if not isinstance(target, torch.Tensor) or target.shape != predicted.shape:
         got = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__
         raise ValueError(f"target: expected the shape of predicted {tuple(predicted.shape)}, got {got}")
@@ -625,7 +610,7 @@ def depth_map_loss(rendered: torch.Tensor, coverage: torch.Tensor, target: torch
         scalar tensor; samples with fewer than 4 compared cells do not count.
     """
     for name, value in (("coverage", coverage), ("target", target), ("known", known)):
-        _check_shape(name, value, tuple(rendered.shape))
+        check_shape(name, value, tuple(rendered.shape))
     compared = coverage * known                                                         # (B, d, d)
     count = compared.sum((-2, -1))                                                      # (B,)
     residual = rendered - target

@@ -62,8 +62,8 @@ from torch.utils.data import Dataset
 
 from handlib.geometry import (matrix_to_axis_angle, matrix_to_quaternion, quaternion_to_matrix,
                               standardize_quaternion)
-from handlib.methods import (ImageTraining, LossContext, Method, Prediction, Schedule, Stage, Variant, image_stage,
-                             synthetic_test_set)
+from handlib.methods import (ImageTraining, LossContext, Method, Prediction, Schedule, Stage, Variant, check_shape,
+                             image_stage, synthetic_test_set)
 from handlib.models import backbone
 from handlib.models.backbone import (conv_bn_relu, keypoints_from_score_maps, score_map_loss, score_map_size,
                                      score_map_targets)
@@ -92,14 +92,6 @@ IKNET_INPUT_SIZE = 4 * NUM_KEYPOINTS * 3
 POSE_SOLVERS = ("iknet", "none", "optimisation")
 
 
-def _check_shape(value, tail: tuple, name: str, what: str = "") -> None:
-    """Raise ValueError unless ``value`` is a tensor of shape (B, *tail)."""
-    if not isinstance(value, torch.Tensor) or value.ndim != len(tail) + 1 or tuple(value.shape[1:]) != tail:
-        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        want = ", ".join(["B", *map(str, tail)])
-        raise ValueError(f"{name}: expected a tensor of shape ({want}){what}, got {got}")
-
-
 # --------------------------------------------------------------------------------------------
 # The joints' frame and the targets of DetNet's maps
 # --------------------------------------------------------------------------------------------
@@ -114,14 +106,14 @@ def palm_normalized(keypoints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
         (X (B, 21, 3) relative to the middle MCP in units of the wrist-to-middle-MCP length,
         length (B,) that length in the unit of ``keypoints``).
     """
-    _check_shape(keypoints, (NUM_KEYPOINTS, 3), "keypoints", " (course order)")
+    check_shape("keypoints", keypoints, (None, NUM_KEYPOINTS, 3), " (course order)")
     length = (keypoints[:, WRIST] - keypoints[:, MIDDLE_MCP]).norm(dim=-1)               # (B,)
     return (keypoints - keypoints[:, MIDDLE_MCP:MIDDLE_MCP + 1]) / length.clamp_min(1e-9)[:, None, None], length
 
 
 def bone_vectors(keypoints: torch.Tensor) -> torch.Tensor:
     """d_j = x_j - x_p(j) for every keypoint, 0 for the wrist (the root). (B, 21, 3) -> (B, 21, 3)."""
-    _check_shape(keypoints, (NUM_KEYPOINTS, 3), "keypoints", " (course order)")
+    check_shape("keypoints", keypoints, (None, NUM_KEYPOINTS, 3), " (course order)")
     parents = [max(p, 0) for p in PARENTS]
     return keypoints - keypoints[:, parents]                                            # wrist: x_0 - x_0 = 0
 
@@ -153,7 +145,7 @@ def read_location_maps(heatmaps: torch.Tensor, maps: torch.Tensor) -> torch.Tens
     """
     if not isinstance(heatmaps, torch.Tensor) or heatmaps.ndim != 4 or heatmaps.shape[1] != NUM_KEYPOINTS:
         raise ValueError(f"heatmaps: expected a tensor of shape (B, 21, s, s), got {tuple(heatmaps.shape)}")
-    _check_shape(maps, (NUM_KEYPOINTS, 3, *heatmaps.shape[2:]), "maps", " (one 3-vector map per keypoint)")
+    check_shape("maps", maps, (None, NUM_KEYPOINTS, 3, *heatmaps.shape[2:]), " (one 3-vector map per keypoint)")
     batch, count = heatmaps.shape[:2]
     peak = heatmaps.flatten(2).argmax(-1)                                               # (B, 21) cell index
     values = maps.flatten(3)                                                            # (B, 21, 3, s s)
@@ -357,7 +349,7 @@ def rest_keypoint_basis(layer) -> tuple[torch.Tensor, torch.Tensor]:
 def rest_keypoints(basis: tuple, betas: torch.Tensor) -> torch.Tensor:
     """K(beta) = K_0 + sum_k beta_k K_k: the rest-pose keypoints (B, 21, 3) metres of shapes betas (B, K)."""
     template, directions = basis
-    _check_shape(betas, (directions.shape[0],), "betas")
+    check_shape("betas", betas, (None, directions.shape[0]))
     return template + torch.einsum("bk,kjd->bjd", betas, directions.to(betas))
 
 
@@ -381,8 +373,8 @@ def shape_fit_residuals(betas: torch.Tensor, bone_ratios: torch.Tensor, basis: t
     """
     template, directions = basis
     count = directions.shape[0]
-    _check_shape(betas, (count,), "betas")
-    _check_shape(bone_ratios, (len(BONES),), "bone_ratios", " (BONES order)")
+    check_shape("betas", betas, (None, count))
+    check_shape("bone_ratios", bone_ratios, (None, len(BONES)), " (BONES order)")
     parents, children = [p for p, _ in BONES], [c for _, c in BONES]
     keypoints = rest_keypoints(basis, betas)                                              # (B, 21, 3)
     vectors = keypoints[:, children] - keypoints[:, parents]                              # (B, 20, 3)
@@ -437,7 +429,7 @@ def fit_shape(bone_ratios: torch.Tensor, basis: tuple, shape_weight: float = 1e-
     Returns:
         ``ShapeFit``.
     """
-    _check_shape(bone_ratios, (len(BONES),), "bone_ratios", " (BONES order)")
+    check_shape("bone_ratios", bone_ratios, (None, len(BONES)), " (BONES order)")
     count = basis[1].shape[0]
     bone_ratios = bone_ratios.double()
     current = torch.zeros(len(bone_ratios), count, dtype=torch.float64, device=bone_ratios.device) \
@@ -487,7 +479,7 @@ def bone_rotations_from_mano(transforms: torch.Tensor) -> torch.Tensor:
         (B, 21, 4) unit quaternions (w, x, y, z), w >= 0, course order (the wrist and the 5 finger
         bases share the wrist's rotation).
     """
-    _check_shape(transforms, (NUM_MANO_JOINTS, 4, 4), "transforms", " (HandOutput.transforms)")
+    check_shape("transforms", transforms, (None, NUM_MANO_JOINTS, 4, 4), " (HandOutput.transforms)")
     return matrix_to_quaternion(transforms[:, list(BONE_ROTATION_JOINT), :3, :3])
 
 
@@ -504,7 +496,7 @@ def local_pose_from_bone_rotations(quaternions: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, 48) axis-angle, radians: global orientation then the 15 finger joints.
     """
-    _check_shape(quaternions, (NUM_KEYPOINTS, 4), "quaternions", " (one per keypoint, w x y z)")
+    check_shape("quaternions", quaternions, (None, NUM_KEYPOINTS, 4), " (one per keypoint, w x y z)")
     world = quaternion_to_matrix(quaternions[:, list(_KEYPOINT_OF_MANO_ROTATION)])      # (B, 16, 3, 3)
     parents = [max(p, 0) for p in MANO_PARENTS]
     local = world[:, parents].transpose(-1, -2) @ world                                 # (B, 16, 3, 3)
@@ -529,8 +521,8 @@ def forward_kinematics(quaternions: torch.Tensor, reference: torch.Tensor) -> to
     Returns:
         (B, 21, 3) posed keypoints relative to the middle MCP, the reference's units.
     """
-    _check_shape(quaternions, (NUM_KEYPOINTS, 4), "quaternions", " (one per keypoint, w x y z)")
-    _check_shape(reference, (NUM_KEYPOINTS, 3), "reference", " (rest keypoints, course order)")
+    check_shape("quaternions", quaternions, (None, NUM_KEYPOINTS, 4), " (one per keypoint, w x y z)")
+    check_shape("reference", reference, (None, NUM_KEYPOINTS, 3), " (rest keypoints, course order)")
     rotations = quaternion_to_matrix(quaternions[:, list(_FK_ROTATION)])                    # (B, 21, 3, 3)
     rotated = (rotations @ bone_vectors(reference)[..., None])[..., 0]                       # (B, 21, 3)
     positions = [None] * NUM_KEYPOINTS
@@ -556,8 +548,8 @@ def iknet_input(keypoints: torch.Tensor, reference: torch.Tensor) -> torch.Tenso
     Returns:
         (B, 84, 3).
     """
-    _check_shape(keypoints, (NUM_KEYPOINTS, 3), "keypoints", " (palm_normalized joints)")
-    _check_shape(reference, (NUM_KEYPOINTS, 3), "reference", " (palm_normalized rest joints)")
+    check_shape("keypoints", keypoints, (None, NUM_KEYPOINTS, 3), " (palm_normalized joints)")
+    check_shape("reference", reference, (None, NUM_KEYPOINTS, 3), " (palm_normalized rest joints)")
     return torch.cat([keypoints, bone_vectors(keypoints), reference, bone_vectors(reference)], 1)
 
 
@@ -582,7 +574,7 @@ class IKNet(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> dict:
         """inputs (B, 84, 3) -> {"quaternions" (B, 21, 4) unit, w >= 0; "raw" (B, 21, 4); "norm" (B, 21)}."""
-        _check_shape(inputs, (4 * NUM_KEYPOINTS, 3), "inputs", " ([X, D, X_ref, D_ref], iknet_input)")
+        check_shape("inputs", inputs, (None, 4 * NUM_KEYPOINTS, 3), " ([X, D, X_ref, D_ref], iknet_input)")
         raw = self.output(self.hidden(inputs.flatten(1))).unflatten(1, (NUM_KEYPOINTS, 4))   # (B, 21, 4)
         quaternions, norm = standardize_quaternion(raw)
         return {"quaternions": quaternions, "raw": raw, "norm": norm}
@@ -809,7 +801,7 @@ def pose_implausibility(pose: torch.Tensor, prior=None, tolerance_degrees: float
     """
     from handlib.mano.prior import default_prior
 
-    _check_shape(pose, (48,), "pose", " (MANO axis-angles, global orientation first)")
+    check_shape("pose", pose, (None, 48), " (MANO axis-angles, global orientation first)")
     prior = prior or default_prior()
     angles = prior.to_anatomical(pose[:, 3:])                                              # (B, 15, 3)
     limits = prior.limits.to(angles)
