@@ -3,9 +3,10 @@
 **Columns** (the paper's Tables 1-4): RGB, RGB + 2D and 2D are the shipped checkpoints
 ``boukhayma2019``, ``boukhayma2019:rgb2d`` and ``boukhayma2019:2d``; **2D fit** is no network: MANO
 fitted to the shared backbone's 2D keypoints (``boukhayma2019.fit_detected_keypoints``, the paper's
-fit to OpenPose's), through the crop's camera (a nominal one where a sample has none). Each is scored with the course's metric code on the fixed synthetic test set
-(3D EPE after the true root, 2D reprojection error, mesh error after Procrustes) and on the
-repository's real samples (2D EPE, Procrustes-aligned 3D error).
+fit to OpenPose's), through the crop's camera (a nominal one where a sample has none). Each is scored
+with the course's metric code on the fixed synthetic test set (3D EPE after the true root, 2D
+reprojection error, mesh error after Procrustes) and on the repository's real samples (2D EPE,
+Procrustes-aligned 3D error).
 
 **Loss ablation**: the full loss, and without L_mask, without L_reg, without L_3D, and with the
 soft silhouette as the mask term (variants ``no_mask``, ``no_reg``, ``no_3d``, ``silhouette``), each
@@ -70,10 +71,9 @@ def score_rows(row: str, method, model, config, device="cpu", predict=None, test
     test_set = method.test_data(config, test_samples or config.test_samples)
     synthetic = evaluate.evaluate_model(method, model, config, test_set, device, predict=predict)
     rows = [{"row": row, "dataset": "synthetic", **{key: synthetic.get(key) for key in TABLE if key in synthetic}}]
-    for dataset, samples in evaluate.real_sample_sets(config.image_size).items():
-        real = evaluate.score_real_samples(row, method, model, config, dataset, samples, device, predict=predict)
-        rows.append({"row": row, "dataset": dataset, "num_samples": real["num_samples"],
-                     "epe_2d_px": real["epe_2d_px"], "epe_procrustes_mm": real["epe_procrustes_mm"]})
+    rows += [{"row": row, "dataset": real["dataset"], "num_samples": real["num_samples"],
+              "epe_2d_px": real["epe_2d_px"], "epe_procrustes_mm": real["epe_procrustes_mm"]}
+             for real in evaluate.score_on_real_samples(row, method, model, config, device, predict)]
     return rows
 
 

@@ -62,10 +62,9 @@ def score_rows(row: str, method, model, config, test_set, device="cpu", real: bo
     scored = evaluate.evaluate_model(method, model, config, test_set, device)
     rows = [{"row": row, "dataset": "test", **{key: scored.get(key) for key in TABLE if key in scored}}]
     if real:
-        for dataset, samples in evaluate.real_sample_sets(config.image_size).items():
-            found = evaluate.score_real_samples(row, method, model, config, dataset, samples, device)
-            rows.append({"row": row, "dataset": dataset, "epe_2d_px": found["epe_2d_px"],
-                         "epe_procrustes_mm": found["epe_procrustes_mm"]})
+        rows += [{"row": row, "dataset": found["dataset"], "epe_2d_px": found["epe_2d_px"],
+                  "epe_procrustes_mm": found["epe_procrustes_mm"]}
+                 for found in evaluate.score_on_real_samples(row, method, model, config, device)]
     return rows
 
 
@@ -73,7 +72,8 @@ def _trained(name: str, profile: str, run_dir, device, overrides: dict | None):
     from handlib.checkpoints import load_model
     from handlib.train import train
 
-    result = train(name, profile=profile, device=device, run_dir=run_dir, progress=False, overrides=dict(overrides or {}))
+    result = train(name, profile=profile, device=device, run_dir=run_dir, progress=False,
+                   overrides=dict(overrides or {}))
     if not result.finished:
         raise RuntimeError(f"{name} did not finish; run again to resume it")
     return (*load_model(name, profile, result.checkpoint, device), result.wall_time_s)

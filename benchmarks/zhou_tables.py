@@ -44,12 +44,10 @@ TABLE = {"row": "", "dataset": "images", "epe_3d_mm": "3D EPE (mm)", "auc_20_50"
          "fraction_outside": "angles outside limits", "max_excess_degrees": "worst excess (deg)"}
 
 
-def plausibility(method, model, config, dataset, device="cpu") -> dict:
-    """Mean ``pose_implausibility`` of the poses the model answers on ``dataset`` (empty without a mesh)."""
-    from handlib import evaluate
+def plausibility(prediction) -> dict:
+    """Mean ``pose_implausibility`` of the poses of a ``Prediction`` (empty without a mesh)."""
     from handlib.models.zhou2020 import pose_implausibility
 
-    prediction, _ = evaluate.predict_dataset(method, model, config, dataset, device)
     if prediction.mano_pose is None:
         return {}
     measured = pose_implausibility(prediction.mano_pose)
@@ -61,14 +59,14 @@ def score_rows(row: str, method, model, config, device="cpu") -> list[dict]:
     """One configuration on the synthetic test set (with plausibility) and on every real-sample set."""
     from handlib import evaluate
 
-    test_set = method.test_data(config, config.test_samples)
-    synthetic = evaluate.evaluate_model(method, model, config, test_set, device)
+    prediction, targets = evaluate.predict_dataset(method, model, config, method.test_data(config, config.test_samples),
+                                                   device)
+    synthetic = evaluate.score(prediction, targets, method.alignment)
     rows = [{"row": row, "dataset": "synthetic", **{key: synthetic.get(key) for key in TABLE if key in synthetic},
-             **plausibility(method, model, config, test_set, device)}]
-    for dataset, samples in evaluate.real_sample_sets(config.image_size).items():
-        real = evaluate.score_real_samples(row, method, model, config, dataset, samples, device)
-        rows.append({"row": row, "dataset": dataset, "epe_2d_px": real["epe_2d_px"],
-                     "epe_procrustes_mm": real["epe_procrustes_mm"]})
+             **plausibility(prediction)}]
+    rows += [{"row": row, "dataset": real["dataset"], "epe_2d_px": real["epe_2d_px"],
+              "epe_procrustes_mm": real["epe_procrustes_mm"]}
+             for real in evaluate.score_on_real_samples(row, method, model, config, device)]
     return rows
 
 

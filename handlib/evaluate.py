@@ -290,6 +290,13 @@ def score_real_samples(name: str, method: Method, model: nn.Module, config, data
     return _real_row(name, dataset, prediction, default_collate(samples), config.image_size)
 
 
+def score_on_real_samples(name: str, method: Method, model: nn.Module, config, device=None, predict=None) -> list[dict]:
+    """``score_real_samples`` on every set of ``real_sample_sets``: one row per dataset, with the keys
+    of ``REAL_COLUMNS``."""
+    return [score_real_samples(name, method, model, config, dataset, samples, device, predict)
+            for dataset, samples in real_sample_sets(config.image_size).items()]
+
+
 def real_benchmark(names: list[str] | None = None, profile: str = "full", device=None, run_dir=None,
                    baseline_samples: int = 2048, peers: bool = False, verbose: bool = False) -> list[dict]:
     """Every method with a checkpoint on the repository's real samples, dataset by dataset, next to
