@@ -102,11 +102,16 @@ def _expect_tensor(value, name: str, shape: tuple) -> torch.Tensor:
 # Student notebooks: answers out, solutions stubbed, exercise outputs cleared
 # --------------------------------------------------------------------------------------------
 
+def cell_source(cell: dict) -> str:
+    """A notebook cell's source as one string (nbformat stores a string or a list of lines)."""
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else source
+
+
 def is_instructor_only(cell: dict) -> bool:
     """Whether a notebook cell (nbformat dict) is for the instructor only: a markdown cell whose first
     line is ``<!-- INSTRUCTOR -->``, or any cell tagged ``instructor``."""
-    source = cell.get("source", "")
-    source = "".join(source) if isinstance(source, list) else source
+    source = cell_source(cell)
     tagged = INSTRUCTOR_TAG in cell.get("metadata", {}).get("tags", [])
     return tagged or (cell.get("cell_type") == "markdown" and source.lstrip().startswith(INSTRUCTOR_MARKER))
 
@@ -131,8 +136,7 @@ def student_notebook(notebook: dict) -> dict:
     for cell in student["cells"]:
         if is_instructor_only(cell):
             continue
-        source = cell.get("source", "")
-        source = "".join(source) if isinstance(source, list) else source
+        source = cell_source(cell)
         if cell["cell_type"] == "code" and (has_solution(source) or _is_check(source)):
             cell["source"] = student_version(source)
             cell["outputs"], cell["execution_count"] = [], None
@@ -151,6 +155,8 @@ def write_student_notebooks(notebooks, out_dir) -> list:
     import json
     from pathlib import Path
 
+    from handlib.files import atomic_write_text
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -160,10 +166,9 @@ def write_student_notebooks(notebooks, out_dir) -> list:
             student = student_notebook(notebook)
         except ValueError as error:
             raise ValueError(f"{path.name}: {error}") from None
-        target = out_dir / path.name
-        target.write_text(json.dumps(student, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        written.append(target)
+        written.append(atomic_write_text(out_dir / path.name, json.dumps(student, indent=1, ensure_ascii=False) + "\n"))
     return written
+
 
 # --------------------------------------------------------------------------------------------
 # Chapter 0: why is it hard
@@ -688,10 +693,11 @@ def check_g_floor(g_floor) -> None:
         raise ExerciseError(f"g_floor should return one number (a float), got {type(answer).__name__}")
     _, model, config = load_model("cai2018")
     test_set = cai.METHOD.test_data(config, 32)
-    views = cai.depth_views(model, default_collate([test_set[i] for i in range(32)]), torch.Generator().manual_seed(0))
-    known = views["known"]
-    per_image = lambda rendered: ((rendered - views["sensor"]).abs() * known).sum((1, 2)) / known.sum((1, 2))  # noqa: E731
-    expected, predicted = per_image(views["true_joints"]).mean().item(), per_image(views["predicted_joints"]).mean().item()
+    batch = default_collate([test_set[i] for i in range(32)])
+    views = cai.depth_views(model, batch, torch.Generator().manual_seed(0))
+    every = torch.ones(32)
+    expected = cai.depth_loss(views["true_joints"], views["sensor"], views["known"], every).item()
+    predicted = cai.depth_loss(views["predicted_joints"], views["sensor"], views["known"], every).item()
     if abs(answer - predicted) < 1e-3:
         raise ExerciseError(f"{answer:.3f} is G of the *predicted* joints; the floor is G of the true ones "
                             "(views['true_joints'])")

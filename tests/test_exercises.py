@@ -18,7 +18,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 
 def exercise_cells(notebook: Path) -> list[tuple[str, str, str]]:
     """(setup, answer, check) sources of every exercise of a notebook."""
-    code = [("".join(c["source"]) if isinstance(c["source"], list) else c["source"])
+    code = [exercises.cell_source(c)
             for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]
     return [(code[0], source, code[i + 1]) for i, source in enumerate(code)
             if exercises.has_solution(source) and i + 1 < len(code)]
@@ -171,13 +171,13 @@ def test_student_notebooks_hold_no_answer(tmp_path):
             if cell.cell_type == "code" and (exercises.STUB in cell.source or "exercises.check_" in cell.source):
                 assert cell.outputs == [] and cell.execution_count is None, (student.name, cell.source[:80])
         stubs = sum(exercises.STUB in c.source for c in notebook.cells if c.cell_type == "code")
-        assert stubs == sum(exercises.has_solution("".join(c["source"])) for c in original if c["cell_type"] == "code")
+        assert stubs == sum(exercises.has_solution(exercises.cell_source(c)) for c in original if c["cell_type"] == "code")
 
 
 def test_every_chapter_from_0_has_its_exercises_and_answers():
     for notebook in NOTEBOOKS:
         cells = json.loads(notebook.read_text())["cells"]
-        solutions = [c for c in cells if c["cell_type"] == "code" and exercises.has_solution("".join(c["source"]))]
+        solutions = [c for c in cells if c["cell_type"] == "code" and exercises.has_solution(exercises.cell_source(c))]
         assert len(solutions) >= 2, f"{notebook.name}: {len(solutions)} exercises"
         if notebook.stem[:2] in ("00", "01", "02"):
             assert len(solutions) >= 3, f"{notebook.name}: two on the method and one experiment"
