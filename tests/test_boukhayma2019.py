@@ -126,7 +126,7 @@ def test_the_offset_puts_a_mean_hand_in_the_middle_of_the_crop_at_the_usual_size
 
 # ---------------------------------------------------------------- the loss terms
 
-def test_the_2d_term_is_the_mean_l1_over_visible_keypoints():
+def test_the_2d_term_sums_the_l1_over_visible_keypoints():
     target = 32 * torch.rand(2, 21, 2, generator=torch.Generator().manual_seed(0))
     visibility = torch.ones(2, 21)
     visibility[1, 5] = 0
@@ -137,7 +137,7 @@ def test_the_2d_term_is_the_mean_l1_over_visible_keypoints():
     target_nan[1, 5] = math.nan                                          # nor NaN labels where invisible
     assert float(bk.keypoint_loss_2d(predicted, target_nan, visibility)) == 0.0
     predicted[0, 0] += torch.tensor([3.0, -4.0])                         # |3| + |-4| = 7 px on one keypoint
-    assert float(bk.keypoint_loss_2d(predicted, target, visibility)) == pytest.approx(7 / 21 / 2)
+    assert float(bk.keypoint_loss_2d(predicted, target, visibility)) == pytest.approx(7 / 2)       # summed per sample, batch mean
     with pytest.raises(ValueError, match=r"visibility.*\(2, 21\)"):
         bk.keypoint_loss_2d(predicted, target, torch.ones(2, 20))
 
@@ -213,14 +213,15 @@ def test_every_image_term_is_zero_on_a_perfect_prediction(flat_layer):
     assert float(terms["keypoints_2d"]) == pytest.approx(0.0, abs=1e-4)
     assert float(terms["keypoints_3d"]) == pytest.approx(0.0, abs=1e-6)
     assert float(terms["mask"]) == 0.0 and float(total) == pytest.approx(0.0, abs=1e-3)
-    # The real 2D (perspective) differs from the weak perspective by a little; a wrong pose by much.
+    # The real 2D (perspective) differs from the weak perspective by a little (under a pixel a
+    # keypoint, summed over 21); a wrong pose by much.
     with torch.no_grad():
         _, real = bk.boukhayma2019_loss(model, batch, context())
-    assert 0 < float(real["keypoints_2d"]) < 1.0
+    assert 0 < float(real["keypoints_2d"]) < 21.0
     answering(model, parameters + torch.cat([torch.zeros(6), 0.5 * torch.ones(bk.NUM_PCA_COMPONENTS), torch.zeros(10)]))
     with torch.no_grad():
         _, wrong = bk.boukhayma2019_loss(model, batch, context())
-    assert float(wrong["keypoints_2d"]) > 1.0 and float(wrong["keypoints_3d"]) > 1e-3 and float(wrong["reg"]) > 0
+    assert float(wrong["keypoints_2d"]) > 21.0 and float(wrong["keypoints_3d"]) > 1e-3 and float(wrong["reg"]) > 0
 
 
 # ---------------------------------------------------------------- the pre-training targets
