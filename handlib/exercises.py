@@ -816,7 +816,7 @@ def check_location_readout(read_locations) -> None:
 
 
 def check_local_rotations(local_rotations) -> None:
-    """Chapter 5, exercise 2: from global (world) joint rotations to MANO's local ones.
+    """Chapter 5, exercise 3: from global (world) joint rotations to MANO's local ones.
 
     ``local_rotations(world, parents)``: world (B, 16, 3, 3) the global rotation of every MANO joint,
     parents a list of 16 ints (-1 for the root) -> (B, 16, 3, 3): R_0 = G_0 and R_k = G_parent(k)^T G_k.
@@ -844,3 +844,208 @@ def check_local_rotations(local_rotations) -> None:
         raise ExerciseError(f"off by up to {(answer - expected).abs().max():.3f}: R_k = G[parents[k]]^T G[k] "
                             "for every k >= 1")
     print("local_rotations: correct (as handlib.models.zhou2020.local_pose_from_bone_rotations does it)")
+
+
+def check_bone_ratios(bone_ratios) -> None:
+    """Chapter 5, exercise 2: the data of the shape fit, each bone's length over the reference bone's.
+
+    ``bone_ratios(keypoints)``: (B, 21, 3) course order -> (B, 20), the length of every bone of
+    ``skeleton.BONES`` (in that order) divided by the same hand's wrist-to-middle-MCP length (W -> M0).
+
+    Raises:
+        ExerciseError: what differs from ``zhou2020.bone_ratios_of``.
+    """
+    from handlib.models.zhou2020 import bone_ratios_of
+    from handlib.skeleton import BONES, MIDDLE_MCP, SCALE_BONE, WRIST
+
+    generator = torch.Generator().manual_seed(8)
+    keypoints = torch.randn(3, 21, 3, generator=generator) * torch.tensor([[[0.04]], [[0.05]], [[0.09]]])
+    answer = _call(bone_ratios, "bone_ratios", keypoints.clone())
+    if torch.is_tensor(answer) and tuple(answer.shape) == (3, 21):
+        raise ExerciseError("21 values per hand: the wrist has no bone ending at it; give the 20 bones of "
+                            "skeleton.BONES, in that order")
+    answer = _expect_tensor(answer, "bone_ratios", (3, 20))
+    expected = bone_ratios_of(keypoints)
+    lengths = torch.stack([(keypoints[:, c] - keypoints[:, p]).norm(dim=-1) for p, c in BONES], 1)   # (B, 20)
+    if torch.allclose(answer, lengths, atol=1e-5):
+        raise ExerciseError("those are the bone lengths themselves: divide each hand's by its W -> M0 length, "
+                            "so that the hand's size drops out and only its proportions are left")
+    scale_bone = (keypoints[:, SCALE_BONE[1]] - keypoints[:, SCALE_BONE[0]]).norm(dim=-1, keepdim=True)
+    if torch.allclose(answer, lengths / scale_bone, atol=1e-5):
+        raise ExerciseError("you divided by the middle finger's MCP-PIP bone (the course's scale bone); Zhou et "
+                            "al.'s reference bone is the wrist to the middle MCP (keypoints 0 and 9)")
+    reference = (keypoints[:, WRIST] - keypoints[:, MIDDLE_MCP]).norm(dim=-1, keepdim=True)
+    if torch.allclose(answer, lengths / reference[:1], atol=1e-5):
+        raise ExerciseError("every hand was divided by the first hand's reference bone: each hand by its own")
+    if not torch.allclose(answer, expected, atol=1e-5):
+        raise ExerciseError(f"off by up to {(answer - expected).abs().max():.3f}: |x_c - x_p| / |x_W - x_M0| for "
+                            "each (p, c) of skeleton.BONES")
+    print("bone_ratios: correct (the same as handlib.models.zhou2020.bone_ratios_of; the reference bone's own "
+          "ratio is 1)")
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 6: a graph CNN on the hand mesh (Ge et al. 2019)
+# --------------------------------------------------------------------------------------------
+
+def _hand_graphs() -> list[tuple[str, torch.Tensor]]:
+    """(name, adjacency) of two graphs: the hand mesh's (778 vertices, 0/1 weights) and its second
+    coarsening level's (``graph.coarsen``, weighted edges: the summed fine edges between clusters)."""
+    from handlib.models import graph
+    from handlib.models.ge2019 import NUM_VERTICES, hand_layer
+
+    hierarchy = graph.coarsen(hand_layer().faces, NUM_VERTICES, 2, seed=0)
+    return [("the hand mesh", hierarchy[0].adjacency),
+            (f"the second coarsening level ({hierarchy[2].num_vertices} vertices, weighted edges)",
+             hierarchy[2].adjacency)]
+
+
+def check_rescaled_laplacian(rescaled_laplacian) -> None:
+    """Chapter 6, exercise 1: the rescaled Laplacian of a graph.
+
+    ``rescaled_laplacian(adjacency)``: (V, V) symmetric non-negative edge weights -> (V, V)
+    L~ = 2 L / lambda_max - I, with L = I - D^{-1/2} A D^{-1/2} (D the summed weights) and lambda_max
+    L's largest eigenvalue: L~'s spectrum is [-1, 1].
+
+    Raises:
+        ExerciseError: what differs from ``graph.rescaled_laplacian(graph.normalized_laplacian(A))``,
+        naming the usual mistakes (Ge et al.'s released code's L / (2 lambda_max) - I among them).
+    """
+    from handlib.models import graph
+
+    for name, adjacency in _hand_graphs():
+        size = len(adjacency)
+        answer = _expect_tensor(_call(rescaled_laplacian, "rescaled_laplacian", adjacency.clone()),
+                                "rescaled_laplacian", (size, size)).double()
+        laplacian = graph.normalized_laplacian(adjacency.double())
+        largest = float(torch.linalg.eigvalsh(laplacian)[-1])
+        expected = graph.rescaled_laplacian(laplacian, largest)
+        eye = torch.eye(size, dtype=torch.float64)
+        if not torch.allclose(answer, answer.T, atol=1e-5):
+            raise ExerciseError(f"on {name} your matrix is not symmetric: normalise on both sides, D^-1/2 A D^-1/2 "
+                                "(entry i, j is A_ij / sqrt(d_i d_j)); D^-1 A is the random-walk normalisation")
+        binary = graph.normalized_laplacian((adjacency > 0).double())
+        unnormalised = torch.diag(adjacency.double().sum(1)) - adjacency.double()
+        mistakes = [
+            (laplacian / (2 * largest) - eye, "you computed L / (2 lambda_max) - I, what Ge et al.'s released code "
+             "computes (its comment says 2 L / lambda_max - I): its spectrum is [-1, -0.5], not [-1, 1]"),
+            (laplacian / largest - eye, "the factor 2 is missing: L / lambda_max - I has its spectrum in [-1, 0]"),
+            (2 * laplacian / largest, "the - I is missing: 2 L / lambda_max has its spectrum in [0, 2]; subtract the "
+             "identity to centre it on 0"),
+            (laplacian - eye, "you used lambda_max = 2, the bound that holds for every graph, instead of this "
+             f"graph's largest eigenvalue ({largest:.4f} on {name}): take torch.linalg.eigvalsh(L)[-1]"),
+            (2 * laplacian - eye, "you used lambda_max = 1: take L's largest eigenvalue, torch.linalg.eigvalsh(L)[-1] "
+             "(eigvalsh sorts them in ascending order)"),
+            (2 * unnormalised / float(torch.linalg.eigvalsh(unnormalised)[-1]) - eye,
+             "that is the rescaled combinatorial Laplacian D - A; normalise it: L = I - D^-1/2 A D^-1/2"),
+        ]
+        if not torch.allclose(binary, laplacian):
+            mistakes.append((2 * binary / float(torch.linalg.eigvalsh(binary)[-1]) - eye,
+                             f"on {name} the edges have weights: the degree d_i is the sum of row i's weights, and "
+                             "A itself enters with its weights, not as 0/1"))
+        for wrong, message in mistakes:
+            if torch.allclose(answer, wrong, atol=1e-4):
+                raise ExerciseError(message)
+        if not torch.allclose(answer, expected, atol=1e-4):
+            spectrum = torch.linalg.eigvalsh(answer)
+            raise ExerciseError(f"on {name}: off by up to {(answer - expected).abs().max():.4f}; your matrix's "
+                                f"eigenvalues run from {spectrum[0]:.3f} to {spectrum[-1]:.3f}, L~'s from -1 to 1. "
+                                "L = I - D^-1/2 A D^-1/2, then 2 L / lambda_max - I")
+    print("rescaled_laplacian: correct (the same as handlib.models.graph.rescaled_laplacian of normalized_laplacian, "
+          "on the mesh and on a weighted coarse graph: spectrum [-1, 1])")
+
+
+def check_chebyshev_terms(chebyshev_terms) -> None:
+    """Chapter 6, exercise 2: the Chebyshev recursion.
+
+    ``chebyshev_terms(laplacian, x, order)``: L~ (V, V), x (B, V, F), K = order -> (K, B, V, F), the
+    terms x_0 = x, x_1 = L~ x, x_k = 2 L~ x_{k-1} - x_{k-2}.
+
+    Raises:
+        ExerciseError: what differs from ``graph.chebyshev_basis``, naming the usual mistakes.
+    """
+    from handlib.models import graph
+
+    _, adjacency = _hand_graphs()[0]
+    laplacian = graph.rescaled_laplacian(graph.normalized_laplacian(adjacency))                  # (778, 778)
+    x = torch.randn(2, len(laplacian), 3, generator=torch.Generator().manual_seed(6))
+    answer = _call(chebyshev_terms, "chebyshev_terms", laplacian.clone(), x.clone(), 4)
+    if torch.is_tensor(answer) and answer.ndim == 4 and answer.shape[1:] == x.shape and answer.shape[0] != 4:
+        raise ExerciseError(f"order = 4 means 4 terms, x_0 to x_3; got {answer.shape[0]}")
+    answer = _expect_tensor(answer, "chebyshev_terms", (4, *x.shape))
+    expected = graph.chebyshev_basis(laplacian, x, 4)
+    powers = torch.stack([x, laplacian @ x, laplacian @ laplacian @ x, laplacian @ laplacian @ laplacian @ x])
+    if torch.allclose(answer, powers, atol=1e-4):
+        raise ExerciseError("those are the powers L~^k x; the Chebyshev terms follow x_k = 2 L~ x_{k-1} - x_{k-2} "
+                            "(same span, but bounded by |x| on [-1, 1], which the powers' mix of signs is not)")
+    doubled = [x, laplacian @ x]
+    for _ in range(2):
+        doubled.append(2 * laplacian @ doubled[-1])
+    if torch.allclose(answer, torch.stack(doubled), atol=1e-4):
+        raise ExerciseError("the - x_{k-2} is missing: x_k = 2 L~ x_{k-1} - x_{k-2}")
+    early = [x, 2 * laplacian @ x]
+    for _ in range(2):
+        early.append(2 * laplacian @ early[-1] - early[-2])
+    if torch.allclose(answer, torch.stack(early), atol=1e-4):
+        raise ExerciseError("x_1 is L~ x (T_1(t) = t), without the 2: the recursion starts at k = 2")
+    if not torch.allclose(answer, expected, atol=1e-4):
+        wrong = [k for k in range(4) if not torch.allclose(answer[k], expected[k], atol=1e-4)]
+        raise ExerciseError(f"terms {wrong} differ (off by up to {(answer - expected).abs().max():.4f}); "
+                            "x_0 = x, x_1 = L~ x, x_k = 2 L~ x_{k-1} - x_{k-2}")
+    for order in (1, 2):
+        short = _call(chebyshev_terms, "chebyshev_terms", laplacian.clone(), x.clone(), order)
+        if not torch.is_tensor(short) or tuple(short.shape) != (order, *x.shape) or \
+                not torch.allclose(short, expected[:order], atol=1e-4):
+            got = tuple(short.shape) if torch.is_tensor(short) else type(short).__name__
+            raise ExerciseError(f"with order = {order} the answer should be the first {order} term(s), shape "
+                                f"{(order, *x.shape)}; got {got}")
+    print("chebyshev_terms: correct (the same as handlib.models.graph.chebyshev_basis, orders 1, 2 and 4)")
+
+
+def check_edge_length_term(edge_length_term) -> None:
+    """Chapter 6, exercise 3: the mesh loss's edge-length term.
+
+    ``edge_length_term(predicted, target, edges)``: (B, V, 3) twice and (E, 2) -> (B,) the mean over
+    the edges of (|v^_i - v^_j| - |v_i - v_j|)^2.
+
+    Raises:
+        ExerciseError: what differs from ``ge2019.edge_length_loss``, naming the usual mistakes.
+    """
+    from handlib.models import graph
+    from handlib.models.ge2019 import LOSS_UNIT, edge_length_loss, hand_layer
+
+    generator = torch.Generator().manual_seed(8)
+    layer = hand_layer()
+    target = layer(hand_pose=0.3 * torch.randn(2, 45, generator=generator)).vertices / LOSS_UNIT  # (2, 778, 3)
+    predicted = target + 0.05 * torch.randn(target.shape, generator=generator)
+    edges = graph.mesh_edges(layer.faces)
+    answer = _expect_tensor(_call(edge_length_term, "edge_length_term", predicted.clone(), target.clone(), edges),
+                            "edge_length_term", (2,))
+    expected = edge_length_loss(predicted, target, edges)
+
+    def lengths(v):
+        return v[:, edges[:, 0]] - v[:, edges[:, 1]]                                           # (B, E, 3) edge vectors
+    mistakes = [
+        (((lengths(predicted) - lengths(target)) ** 2).sum(-1).mean(1),
+         "you compared the edge *vectors*; compare their lengths, |v^_i - v^_j| - |v_i - v_j|, so that a turned "
+         "mesh costs nothing (the vectors' difference is what the normal and Laplacian terms see)"),
+        (((lengths(predicted).square().sum(-1) - lengths(target).square().sum(-1)) ** 2).mean(1),
+         "you compared squared lengths; take the lengths themselves (.norm(dim=-1)), then square their difference"),
+        ((lengths(predicted).norm(dim=-1) - lengths(target).norm(dim=-1)).abs().mean(1),
+         "that is the mean absolute difference; L_e squares it"),
+        (expected * len(edges), "you summed over the edges; take the mean (the loss should not grow with the mesh's "
+         "resolution)"),
+    ]
+    for wrong, message in mistakes:
+        if torch.allclose(answer, wrong, rtol=1e-4, atol=1e-7):
+            raise ExerciseError(message)
+    if not torch.allclose(answer, expected, rtol=1e-4, atol=1e-7):
+        raise ExerciseError(f"expected {expected.numpy().round(5)}, got {answer.detach().numpy().round(5)}: for each "
+                            "sample, the mean over the edges (i, j) of (|v^_i - v^_j| - |v_i - v_j|)^2")
+    turn = torch.linalg.matrix_exp(torch.tensor([[0.0, -0.5, 0.2], [0.5, 0.0, -0.3], [-0.2, 0.3, 0.0]]))
+    turned = _call(edge_length_term, "edge_length_term", target @ turn.T + 1.0, target.clone(), edges)
+    if not torch.is_tensor(turned) or turned.abs().max() > 1e-6:
+        raise ExerciseError("the true mesh, turned and moved, should cost 0: its edges keep their lengths")
+    print("edge_length_term: correct (the same as handlib.models.ge2019.edge_length_loss; 0 for the true mesh "
+          "turned and moved)")
+

@@ -244,3 +244,78 @@ def test_the_checks_of_chapter_5_pass_the_answer_and_name_typical_mistakes():
     with pytest.raises(exercises.ExerciseError, match="wrong order"):
         exercises.check_local_rotations(lambda world, parents: torch.stack(
             [world[:, 0]] + [world[:, k] @ world[:, p].transpose(-1, -2) for k, p in enumerate(parents) if k], 1))
+
+
+def test_the_bone_ratio_check_of_chapter_5_passes_the_answer_and_names_typical_mistakes():
+    from handlib.skeleton import BONES
+
+    def lengths(keypoints):
+        return torch.stack([(keypoints[:, c] - keypoints[:, p]).norm(dim=-1) for p, c in BONES], 1)
+
+    def bone_ratios(keypoints):
+        return lengths(keypoints) / (keypoints[:, 0] - keypoints[:, 9]).norm(dim=-1, keepdim=True)
+
+    exercises.check_bone_ratios(bone_ratios)
+    with pytest.raises(exercises.ExerciseError, match="lengths themselves"):
+        exercises.check_bone_ratios(lengths)
+    with pytest.raises(exercises.ExerciseError, match="scale bone"):
+        exercises.check_bone_ratios(lambda k: lengths(k) / (k[:, 10] - k[:, 9]).norm(dim=-1, keepdim=True))
+    with pytest.raises(exercises.ExerciseError, match="its own"):
+        exercises.check_bone_ratios(lambda k: lengths(k) / (k[:1, 0] - k[:1, 9]).norm(dim=-1, keepdim=True))
+    with pytest.raises(exercises.ExerciseError, match="20 bones"):
+        exercises.check_bone_ratios(lambda k: torch.cat([torch.zeros(len(k), 1), bone_ratios(k)], 1))
+    with pytest.raises(exercises.ExerciseError, match="not written yet"):
+        exercises.check_bone_ratios(lambda k: (_ for _ in ()).throw(NotImplementedError()))
+
+
+def test_the_checks_of_chapter_6_pass_the_answer_and_name_typical_mistakes():
+    """Chapter 6 (Ge et al. 2019): the rescaled Laplacian, the Chebyshev recursion, the edge-length term."""
+    def normalized(adjacency, binary=False):
+        weights = (adjacency > 0).float() if binary else adjacency
+        inverse_sqrt = weights.sum(1).rsqrt()
+        return torch.eye(len(weights)) - inverse_sqrt[:, None] * weights * inverse_sqrt[None, :]
+
+    def rescaled(adjacency, scale=2.0, lambda_max=None, binary=False):
+        laplacian = normalized(adjacency, binary)
+        largest = torch.linalg.eigvalsh(laplacian.double())[-1].item() if lambda_max is None else lambda_max
+        return scale * laplacian / largest - torch.eye(len(adjacency))
+
+    def chebyshev(laplacian, x, order, minus=True, first=1.0):
+        terms = [x, first * laplacian @ x][:order]
+        for _ in range(2, order):
+            terms.append(2 * laplacian @ terms[-1] - (terms[-2] if minus else 0))
+        return torch.stack(terms)
+
+    def edge_term(predicted, target, edges, vectors=False, squared_lengths=False):
+        def sides(v):
+            return v[:, edges[:, 0]] - v[:, edges[:, 1]]
+        if vectors:
+            return ((sides(predicted) - sides(target)) ** 2).sum(-1).mean(1)
+        if squared_lengths:
+            return ((sides(predicted).square().sum(-1) - sides(target).square().sum(-1)) ** 2).mean(1)
+        return ((sides(predicted).norm(dim=-1) - sides(target).norm(dim=-1)) ** 2).mean(1)
+
+    exercises.check_rescaled_laplacian(rescaled)
+    exercises.check_chebyshev_terms(chebyshev)
+    exercises.check_edge_length_term(edge_term)
+
+    def raises(check, answer, match):
+        with pytest.raises(exercises.ExerciseError, match=match):
+            check(answer)
+
+    raises(exercises.check_rescaled_laplacian, lambda a: rescaled(a, scale=0.5), "released code")
+    raises(exercises.check_rescaled_laplacian, lambda a: rescaled(a, lambda_max=2.0), "bound")
+    raises(exercises.check_rescaled_laplacian, lambda a: rescaled(a) + torch.eye(len(a)), "identity")
+    raises(exercises.check_rescaled_laplacian, lambda a: rescaled(a, binary=True), "weights")
+    raises(exercises.check_rescaled_laplacian, lambda a: torch.eye(len(a)) - a / a.sum(1, keepdim=True), "symmetric")
+    raises(exercises.check_chebyshev_terms, lambda l, x, k: torch.stack([torch.linalg.matrix_power(l, i) @ x
+                                                                        for i in range(k)]), "powers")
+    raises(exercises.check_chebyshev_terms, lambda l, x, k: chebyshev(l, x, k, minus=False), "x_{k-2} is missing")
+    raises(exercises.check_chebyshev_terms, lambda l, x, k: chebyshev(l, x, k, first=2.0), "without the 2")
+    raises(exercises.check_chebyshev_terms, lambda l, x, k: chebyshev(l, x, k + 1), "4 terms")
+    raises(exercises.check_edge_length_term, lambda p, t, e: edge_term(p, t, e, vectors=True), "vectors")
+    raises(exercises.check_edge_length_term, lambda p, t, e: edge_term(p, t, e, squared_lengths=True),
+           "squared lengths")
+    raises(exercises.check_edge_length_term, lambda p, t, e: edge_term(p, t, e).mean(), "shape")
+    raises(exercises.check_edge_length_term, lambda p, t, e: (_ for _ in ()).throw(NotImplementedError()),
+           "not written yet")

@@ -313,3 +313,23 @@ def test_the_tables_harness_scores_every_row(tmp_path, monkeypatch):
                      "batch_size": 4, "pretrain_steps": 1})
     rows = harness.versus_mano_rows("quick", run_dir=tmp_path / "shipped")
     assert {row["row"] for row in rows} == set(harness.VERSUS) and all(row["epe_2d_px"] > 0 for row in rows)
+
+
+def test_a_mano_mesh_is_its_own_closest_mano_mesh_and_a_stretched_finger_is_not():
+    """``closest_mano_mesh`` (chapter 6: the shapes a free mesh makes and MANO cannot)."""
+    generator = torch.Generator().manual_seed(3)
+    layer = ge.hand_layer()
+    out = layer(hand_pose=0.3 * torch.randn(2, 45, generator=generator),
+                betas=0.5 * torch.randn(2, 10, generator=generator),
+                global_orient=0.5 * torch.randn(2, 3, generator=generator))
+    closest, betas = ge.closest_mano_mesh(out.vertices, out.joints, steps=100)
+    assert closest.shape == (2, 778, 3) and betas.shape == (2, 10)
+    assert (closest - out.vertices).norm(dim=-1).mean() < 3e-3                        # metres
+    index_tip = out.vertices[:, layer.fingertip_vertex_ids[1]]          # stretch the index finger's tip region
+    near_tip = ((out.vertices - index_tip[:, None]).norm(dim=-1) < 0.02).float()[..., None]
+    along = torch.nn.functional.normalize(index_tip - out.joints[:, 5], dim=-1)[:, None]
+    stretched = out.vertices + 0.02 * near_tip * along
+    far, _ = ge.closest_mano_mesh(stretched, out.joints, steps=100)
+    assert (far - stretched).norm(dim=-1).mean() > (closest - out.vertices).norm(dim=-1).mean()
+    with pytest.raises(ValueError, match="vertices"):
+        ge.closest_mano_mesh(out.vertices[:, :10], out.joints)

@@ -180,6 +180,30 @@ def test_forward_kinematics_of_the_true_rotations_reproduces_the_joints(layer):
     assert (zhou.forward_kinematics(wrong, reference) - joints).norm(dim=-1)[:, 6].min() > 0.05
 
 
+def test_analytical_ik_recovers_a_pose_without_twist_and_loses_the_twist(layer):
+    """Every bone points where the joints' does; a pose made of swings alone comes back exactly."""
+    prior = default_prior()
+    pose, betas, _ = posed_hands(layer)
+    angles = prior.to_anatomical(pose[:, 3:])
+    swings = pose.clone()
+    swings[:, 3:] = prior.to_axis_angle(angles * torch.tensor([1.0, 1.0, 0.0]))       # no twist at any joint
+    reference, _ = zhou.palm_normalized(zhou.rest_keypoints(zhou.rest_keypoint_basis(layer), betas))
+    for given, has_twist in ((swings, False), (pose, True)):
+        hand = layer(hand_pose=given[:, 3:], betas=betas, global_orient=given[:, :3])
+        joints, length = zhou.palm_normalized(hand.joints)
+        rotations = zhou.analytical_bone_rotations(joints, reference)
+        assert rotations.shape == (8, 21, 4) and (rotations[..., 0] >= 0).all()
+        posed = zhou.forward_kinematics(rotations, reference)
+        assert ((posed - joints).norm(dim=-1) * length[:, None]).max() < 2e-4               # < 0.2 mm
+        local = zhou.local_pose_from_bone_rotations(rotations)
+        again = layer(hand_pose=local[:, 3:], betas=betas, global_orient=local[:, :3])
+        difference = (again.vertices - hand.vertices).norm(dim=-1).max()
+        assert (difference > 3e-3) if has_twist else (difference < 1e-3)              # 5 mm lost; 0.6 mm
+        # Pure swings: no twist about the bone (the prior's twist axes are the mean hand's: 2 degrees).
+        assert prior.to_anatomical(local[:, 3:])[..., 2].abs().max() < math.radians(3)
+    with pytest.raises(ValueError, match="reference"):
+        zhou.analytical_bone_rotations(joints, reference[:2])
+
 def test_iknet_losses_are_zero_on_the_truth_and_positive_elsewhere(layer):
     data = zhou.PoseData(8, 8, seed=0, posdata_noise=0.0, layer=layer)
     batch = default_collate([data[i] for i in range(16)])

@@ -60,8 +60,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from handlib.geometry import (matrix_to_axis_angle, matrix_to_quaternion, quaternion_to_matrix,
-                              standardize_quaternion)
+from handlib.geometry import (axis_angle_to_matrix, matrix_to_axis_angle, matrix_to_quaternion, procrustes,
+                              quaternion_to_matrix, standardize_quaternion)
 from handlib.methods import (ImageTraining, LossContext, Method, Prediction, Schedule, Stage, Variant, check_shape,
                              image_stage, synthetic_test_set)
 from handlib.models import backbone
@@ -532,6 +532,44 @@ def forward_kinematics(quaternions: torch.Tensor, reference: torch.Tensor) -> to
             positions[j] = positions[PARENTS[j]] + rotated[:, j]
     posed = torch.stack(positions, 1)                                                   # (B, 21, 3)
     return posed - posed[:, MIDDLE_MCP:MIDDLE_MCP + 1]
+
+
+def analytical_bone_rotations(keypoints: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Inverse kinematics by geometry alone (no learning, no prior): the global bone rotations that
+    turn the reference skeleton's bones onto the directions of ``keypoints``' bones.
+
+        q_wrist = the rotation that best turns the wrist and the five finger bases of X_ref onto X's
+                  (Kabsch, ``geometry.procrustes`` without scale); the five palm bones share it
+        G_j = S(G_p(j) d_ref,j -> d_j) G_p(j)       the other bones, palm to tips
+
+    with d_j = x_j - x_p(j) and S(a -> b) the smallest rotation taking direction a to direction b
+    (about a x b, by the angle between them). A bone's direction fixes two of its rotation's three
+    degrees of freedom; the third, the twist about the bone, is not seen in the joints, and this IK
+    takes it from the parent (each local rotation is a pure swing). Every bone then points exactly
+    where X's does; noise in X goes straight into the angles.
+
+    Args:
+        keypoints: (B, 21, 3) X, ``palm_normalized``.
+        reference: (B, 21, 3) X_ref, the rest pose of the hand's shape, ``palm_normalized``.
+
+    Returns:
+        (B, 21, 4) unit quaternions (w, x, y, z), w >= 0, course order, as IKNet's
+        (``local_pose_from_bone_rotations`` turns them into MANO's pose).
+    """
+    check_shape("keypoints", keypoints, (None, NUM_KEYPOINTS, 3), " (palm_normalized joints)")
+    check_shape("reference", reference, (keypoints.shape[0], NUM_KEYPOINTS, 3), " (palm_normalized rest joints)")
+    palm = [WRIST] + [j for j in range(NUM_KEYPOINTS) if PARENTS[j] == WRIST]
+    _, wrist, _ = procrustes(reference[:, palm], keypoints[:, palm], scale=False)           # (B, 3, 3)
+    rest, posed = bone_vectors(reference), bone_vectors(keypoints)                          # (B, 21, 3)
+    world = [wrist] * NUM_KEYPOINTS
+    for level in _LEVELS[1:]:                                       # the palm bones keep the wrist's rotation
+        for j in level:
+            turned = (world[PARENTS[j]] @ rest[:, j, :, None])[..., 0]                       # (B, 3)
+            axis = torch.cross(turned, posed[:, j], dim=-1)                        # |a x b| = |a| |b| sin
+            angle = torch.atan2(axis.norm(dim=-1), (turned * posed[:, j]).sum(-1))           # (B,)
+            swing = axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-12) * angle[:, None]
+            world[j] = axis_angle_to_matrix(swing) @ world[PARENTS[j]]
+    return matrix_to_quaternion(torch.stack(world, 1))                                      # (B, 21, 4)
 
 
 # --------------------------------------------------------------------------------------------
