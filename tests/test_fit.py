@@ -8,8 +8,8 @@ from handlib.geometry import axis_angle_to_matrix, project_points
 from handlib.mano import ManoLayer
 from handlib.mano.prior import HandPosePrior
 from handlib.runtime import torch_threads
-from handlib.mano.fit import (FitResult, fit_to_keypoints_2d, fit_to_keypoints_3d, init_from_keypoints_2d,
-                              init_from_keypoints_3d)
+from handlib.mano.fit import (FitResult, fit_to_keypoints_2d, fit_to_keypoints_3d, fit_to_vertices,
+                              init_from_keypoints_2d, init_from_keypoints_3d)
 
 NUM_PCA = 12
 K = torch.tensor([[400.0, 0.0, 112.0], [0.0, 400.0, 112.0], [0.0, 0.0, 1.0]])
@@ -71,6 +71,21 @@ def test_fit_3d_recovers_known_poses(layer):
     assert torch.allclose(again.joints, result.output.joints, atol=1e-6)
     assert 10 < len(result.loss_history) <= 150  # L-BFGS: one entry per energy evaluation
     assert result.loss_history[-1] < 0.01 * result.loss_history[0]
+
+
+def test_fit_to_vertices_goes_from_the_keypoint_fit_to_the_mesh(layer):
+    """The vertex fit starts where the keypoint fit ended and reaches the mesh the keypoints do not fix."""
+    params, truth = random_hands(layer, batch=2, seed=5)
+    start = fit_to_keypoints_3d(layer, truth.joints, steps=40)
+    result = fit_to_vertices(layer, truth.vertices, start, steps=150)
+    before, after = ((fit.output.vertices - truth.vertices).norm(dim=-1).mean(1) for fit in (start, result))
+    print("vertex error (mm): keypoint fit", (1000 * before).numpy().round(2), "vertex fit", (1000 * after).numpy().round(2))
+    assert (after < 0.5 * before).all() and (after < 2e-3).all()
+    assert result.loss_history[0] > result.loss_history[-1] and result.keypoint_error_3d is None
+    with pytest.raises(ValueError, match="vertices"):
+        fit_to_vertices(layer, truth.vertices[:, :100], start)
+    with pytest.raises(ValueError, match="start"):
+        fit_to_vertices(layer, truth.vertices[:1], start)
 
 
 @pytest.mark.parametrize("optimizer,rotation", [("adam", "6d"), ("lbfgs", "axis_angle")])

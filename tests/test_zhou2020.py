@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
+from handlib.geometry import axis_angle_to_matrix, quaternion_to_axis_angle
 from handlib.mano import ManoLayer
 from handlib.mano.prior import default_prior
 from handlib.methods import LossContext
@@ -224,6 +225,33 @@ def test_iknet_losses_are_zero_on_the_truth_and_positive_elsewhere(layer):
     assert float(only_positions["cos"]) == float(only_positions["l2"]) == 0.0 and float(only_positions["xyz"]) > 1e-3
 
 
+def test_the_wrist_frame_takes_out_the_wrist_rotation_and_puts_it_back(layer):
+    """Kabsch on the palm finds a known wrist rotation; in the wrist frame IKNet's answer turns with
+    the hand (any weights), and the true rotations turned into the frame are a zero loss there."""
+    data = zhou.PoseData(8, 0, seed=1, layer=layer)
+    batch = default_collate([data[i] for i in range(8)])
+    joints, reference, truth = batch["keypoints"], batch["reference"], batch["quaternions"]
+    turn = axis_angle_to_matrix(torch.randn(8, 3, generator=torch.Generator().manual_seed(0)))
+    rest = reference - reference[:, zhou.MIDDLE_MCP:zhou.MIDDLE_MCP + 1]
+    assert torch.allclose(zhou.wrist_rotation(rest @ turn.transpose(-1, -2), reference), turn, atol=1e-5)
+    iknet = zhou.IKNet(32, 2).eval()
+    for frame, turns_with_the_hand in (("wrist", True), ("camera", False)):
+        with torch.no_grad():
+            plain = zhou.iknet_rotations(iknet, joints, reference, frame)["quaternions"]
+            turned = zhou.iknet_rotations(iknet, joints @ turn.transpose(-1, -2), reference, frame)["quaternions"]
+        expected = zhou.rotate_quaternions(turn, plain)
+        assert torch.allclose(turned, expected, atol=1e-4) == turns_with_the_hand
+    frame = zhou.wrist_rotation(joints, reference)
+    in_frame = zhou.rotate_quaternions(frame.transpose(-1, -2), truth)
+    assert torch.allclose(zhou.rotate_quaternions(frame, in_frame), truth, atol=1e-5)
+    terms = zhou.iknet_losses(in_frame, torch.ones(8, 21), in_frame, joints @ frame, reference, batch["has_rotation"])
+    assert float(terms["xyz"]) < 1e-10
+    # The wrist's own rotation is nearly taken out: what is left is the palm's flex in the rest pose.
+    assert float(quaternion_to_axis_angle(in_frame[:, zhou.WRIST]).norm(dim=-1).max()) < 0.05
+    with pytest.raises(ValueError, match="frame"):
+        zhou.iknet_rotations(iknet, joints, reference, "world")
+
+
 def test_pose_data_is_reproducible_from_its_seed(layer):
     first, again, other = (zhou.PoseData(4, 4, seed, 0.01, layer) for seed in (3, 3, 4))
     assert torch.equal(first.keypoints, again.keypoints) and not torch.equal(first.keypoints, other.keypoints)
@@ -286,12 +314,13 @@ def test_pose_implausibility_is_zero_inside_the_limits():
 def test_the_method_its_stages_and_variants():
     method, variant = get_method("zhou2020:no_posdata")
     assert method is zhou.METHOD and method.config("quick", variant).posdata_samples == 0
-    assert {"no_iknet", "pose_by_optimisation", "no_rotation_loss", "no_posdata", "no_l2", "no_cos"} \
-        == set(method.variants)
+    assert {"no_iknet", "pose_by_optimisation", "no_rotation_loss", "no_posdata", "no_l2", "no_cos",
+            "camera_frame"} == set(method.variants)
     assert not any(v.ships for v in method.variants.values())                       # experiment arms only
     changed = {name: method.config("quick", name) for name in method.variants}
     assert changed["no_rotation_loss"].weight_cos == changed["no_rotation_loss"].weight_l2 == 0.0
     assert changed["no_l2"].weight_l2 == 0.0 and changed["no_l2"].weight_cos > 0
+    assert changed["camera_frame"].iknet_frame == "camera" and method.config("quick").iknet_frame == "wrist"
     assert changed["no_cos"].weight_cos == 0.0 and changed["no_cos"].weight_l2 > 0
     assert changed["no_iknet"].pose_solver == "none"
     stages = method.stages(small_config())

@@ -310,14 +310,17 @@ def mean_hand_pose(layer: ManoLayer) -> torch.Tensor:
 
 def _fit(layer: ManoLayer, data_term, rotation_init: torch.Tensor, transl_init: torch.Tensor, *, steps: int,
          lr: float, optimizer: str, rotation: str, fit_betas: bool, shape_weight: float, pose_weight: float,
-         limit_weight: float, transl_scale: torch.Tensor, prior: HandPosePrior):
-    """Minimise data_term(joints) + priors over (hand_pose, betas, rotation, transl) for a batch of
+         limit_weight: float, transl_scale: torch.Tensor, prior: HandPosePrior | None, points: str = "joints",
+         start: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """Minimise data_term(points) + priors over (hand_pose, betas, rotation, transl) for a batch of
     independent hands; see the module docstring.
 
     Args:
-        data_term: joints (B, 21, 3) -> (B,) data energy of each hand.
+        data_term: the hand's points (B, N, 3) -> (B,) data energy of each hand.
         rotation_init, transl_init: (B, 3, 3), (B, 3) the starting placement.
         transl_scale: (B, 1) or scalar, metres per unit of the optimised translation correction.
+        points: what the data term sees: "joints" (the 21 keypoints) or "vertices" (the 778).
+        start: (hand_pose, betas) to start from; None: the mean pose and the mean shape.
 
     Returns:
         hand_pose, betas, global_orient (axis-angle), transl, and the energy of each hand at each
@@ -327,8 +330,9 @@ def _fit(layer: ManoLayer, data_term, rotation_init: torch.Tensor, transl_init: 
     # The fingers start at the model's mean pose (a relaxed, slightly curled hand): from there a
     # finger that must bend bends the right way. The L2 pose prior pulls towards the same mean.
     mean_pose = mean_hand_pose(layer).expand(batch, -1)  # (B, P)
-    hand_pose = mean_pose.clone().requires_grad_(True)
-    betas = torch.zeros(batch, layer.num_betas, device=rotation_init.device, requires_grad=fit_betas)
+    start_pose, start_betas = start or (mean_pose, torch.zeros(batch, layer.num_betas, device=rotation_init.device))
+    hand_pose = start_pose.detach().clone().requires_grad_(True)
+    betas = start_betas.detach().clone().requires_grad_(fit_betas)
     if rotation == "6d":
         orient = matrix_to_rotation_6d(rotation_init).clone().requires_grad_(True)
         to_matrix = rotation_6d_to_matrix
@@ -343,8 +347,8 @@ def _fit(layer: ManoLayer, data_term, rotation_init: torch.Tensor, transl_init: 
     def energy():
         out = layer(hand_pose=hand_pose, betas=betas)  # zero global_orient and transl: applied below
         transl = transl_init + transl_scale * transl_step
-        joints = _rigid_apply(out.joints, to_matrix(orient), out.mano_joints[:, 0], transl)  # (B, 21, 3)
-        total = data_term(joints)  # (B,)
+        placed = _rigid_apply(getattr(out, points), to_matrix(orient), out.mano_joints[:, 0], transl)  # (B, N, 3)
+        total = data_term(placed)  # (B,)
         total = total + pose_weight * (hand_pose - mean_pose).square().sum(1)
         if fit_betas:
             total = total + shape_weight * betas.square().sum(1)
@@ -508,3 +512,55 @@ def fit_to_keypoints_2d(layer: ManoLayer, keypoints_2d: torch.Tensor, K: torch.T
     return FitResult(hand_pose=hand_pose, betas=betas, global_orient=global_orient, transl=transl, output=output,
                      loss_history=history[:, pick].mean(1).cpu().numpy().astype(np.float64),
                      reprojection_error_2d=_mean_distance(project_points(output.joints, K), keypoints_2d, visibility))
+
+
+def fit_to_vertices(layer: ManoLayer, vertices: torch.Tensor, start: FitResult, *, steps: int = 300,
+                    sigma: float = 0.01, shape_weight: float = 1e-3) -> FitResult:
+    """Fit the hand model to a mesh with the model's topology: the MANO hand nearest to 778 given
+    vertices (a graph CNN's free mesh, chapter 6), from a fit that is already close.
+
+        E = mean_i |M(theta, beta, R, t)_i - v_i|^2 / sigma^2  +  shape_weight |beta|^2
+
+    over the finger pose, the shape, the global rotation and the translation (L-BFGS, ``steps``
+    evaluations), with no pose prior and no joint limits: the answer is the nearest hand the model
+    can make, not the nearest plausible one.
+
+    Args:
+        layer: the hand model (its ``num_pca_comps`` decides the pose space; 45 axis-angles to reach
+            every pose the model makes).
+        vertices: (B, 778, 3) metres, any frame.
+        start: the fit to start from, e.g. ``fit_to_keypoints_3d`` of the same hands' keypoints
+            (the energy is not convex in the rotation; a start from the mean hand can land in the
+            wrong minimum).
+        steps: L-BFGS evaluations.
+        sigma: the vertex error, metres, that costs as much as 1 unit of the shape prior.
+        shape_weight: weight of |beta|^2.
+
+    Returns:
+        FitResult (``keypoint_error_3d`` None; compare ``output.vertices`` with ``vertices``).
+
+    Raises:
+        ValueError: wrong layer or shapes.
+    """
+    _check_layer(layer)
+    _check_options("lbfgs", "6d", steps)
+    device = layer.v_template.device
+    count = layer.v_template.shape[0]
+    if not isinstance(vertices, torch.Tensor) or vertices.ndim != 3 or vertices.shape[1:] != (count, 3):
+        got = tuple(vertices.shape) if isinstance(vertices, torch.Tensor) else type(vertices).__name__
+        raise ValueError(f"vertices: expected a tensor of shape (B, {count}, 3) in metres, got {got}")
+    if not isinstance(start, FitResult) or start.hand_pose.shape[0] != vertices.shape[0]:
+        raise ValueError("start: expected the FitResult of the same hands (fit_to_keypoints_3d of their keypoints)")
+    vertices = vertices.detach().to(device=device, dtype=torch.float32)
+
+    def data_term(placed):  # (B, 778, 3) -> (B,)
+        return (placed - vertices).square().sum(-1).mean(1) / sigma**2
+
+    hand_pose, betas, global_orient, transl, history = _fit(
+        layer, data_term, axis_angle_to_matrix(start.global_orient), start.transl, steps=steps, lr=1.0,
+        optimizer="lbfgs", rotation="6d", fit_betas=True, shape_weight=shape_weight, pose_weight=0.0,
+        limit_weight=0.0, transl_scale=0.1, prior=None, points="vertices", start=(start.hand_pose, start.betas))
+    with torch.no_grad():
+        output = layer(hand_pose=hand_pose, betas=betas, global_orient=global_orient, transl=transl)
+    return FitResult(hand_pose=hand_pose, betas=betas, global_orient=global_orient, transl=transl, output=output,
+                     loss_history=history.mean(1).cpu().numpy().astype(np.float64))

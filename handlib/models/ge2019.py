@@ -718,49 +718,31 @@ def closest_mano_mesh(vertices: torch.Tensor, keypoints_3d: torch.Tensor, steps:
                       shape_weight: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
     """The MANO hand nearest to free meshes: how far a graph CNN's mesh lies from anything MANO makes.
 
-    Starts from MANO fitted to the hands' keypoints (``mano.fit.fit_to_keypoints_3d``), then
-    minimises over the 45 finger axis-angles, the shape beta, the global rotation and translation
-    (L-BFGS, ``steps`` evaluations)
-
-        E = mean_i ||M(theta, beta, R, t)_i - v_i||^2 / (1 cm)^2  +  shape_weight ||beta||^2
-
-    (beta is a unit Gaussian in MANO; the small weight lets it go far from the mean only where
-    the mesh asks for it). A MANO mesh comes back to within about 1.5 mm per vertex (the fit is not
-    exact); what a free mesh keeps beyond that is shape MANO cannot make.
+    MANO (45 finger axis-angles, no PCA) is fitted to the hands' keypoints first
+    (``mano.fit.fit_to_keypoints_3d``), then to the 778 vertices from there
+    (``mano.fit.fit_to_vertices``: mean squared vertex distance over (1 cm)^2, plus
+    ``shape_weight`` |beta|^2, no pose prior, no joint limits). A MANO mesh comes back to within
+    about 1.5 mm per vertex (the fit is not exact); what a free mesh keeps beyond that is shape MANO
+    cannot make.
 
     Args:
         vertices: (B, 778, 3) metres, any frame. keypoints_3d: (B, 21, 3) the same hands' keypoints,
             metres, the same frame (only to start the fit).
-        steps: L-BFGS evaluations.
-        shape_weight: the pull of beta towards MANO's mean shape.
+        steps: L-BFGS evaluations of the vertex fit.
+        shape_weight: the pull of beta towards MANO's mean shape (a unit Gaussian).
 
     Returns:
         (closest (B, 778, 3) metres in the frame of ``vertices``, betas (B, 10)).
     """
-    from handlib.mano.fit import fit_to_keypoints_3d
+    from handlib.mano.fit import fit_to_keypoints_3d, fit_to_vertices
 
     check_shape("vertices", vertices, (None, NUM_VERTICES, 3), " metres")
     check_shape("keypoints_3d", keypoints_3d, (vertices.shape[0], NUM_KEYPOINTS, 3), " metres")
     layer = hand_layer().to(vertices.device)
-    vertices = vertices.detach()
-    start = fit_to_keypoints_3d(layer, keypoints_3d.detach(), steps=60)
-    pose = torch.cat([start.global_orient, start.hand_pose], 1).clone().requires_grad_(True)       # (B, 48)
-    betas, transl = start.betas.clone().requires_grad_(True), start.transl.clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS([pose, betas, transl], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
-
-    def mesh():
-        return layer(hand_pose=pose[:, 3:], betas=betas, global_orient=pose[:, :3], transl=transl).vertices
-
-    def closure():
-        optimizer.zero_grad()
-        energy = ((mesh() - vertices) ** 2).sum(-1).mean(-1) / 0.01 ** 2 + shape_weight * (betas ** 2).sum(-1)
-        energy.sum().backward()                                     # the hands are independent
-        return energy.sum()
-
     with torch.enable_grad():
-        optimizer.step(closure)
-    with torch.no_grad():
-        return mesh(), betas.detach()
+        start = fit_to_keypoints_3d(layer, keypoints_3d.detach(), steps=60)
+        fit = fit_to_vertices(layer, vertices, start, steps=steps, shape_weight=shape_weight)
+    return fit.output.vertices, fit.betas
 
 
 # --------------------------------------------------------------------------------------------
