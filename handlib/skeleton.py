@@ -38,6 +38,8 @@ BONES = tuple((parent, child) for child, parent in enumerate(PARENTS) if parent 
 FINGER_KEYPOINTS = {finger: tuple(range(1 + 4 * f, 5 + 4 * f)) for f, finger in enumerate(FINGERS)}
 FINGERTIPS = (4, 8, 12, 16, 20)
 WRIST, MIDDLE_MCP, MIDDLE_PIP = 0, 9, 10
+# The palm: the wrist and the five finger bases (thumb CMC, four MCPs), which move rigidly with the wrist.
+PALM = (WRIST,) + tuple(j for j, parent in enumerate(PARENTS) if parent == WRIST)
 # The scale reference of Zimmermann & Brox and Ge et al.: the middle finger's MCP -> PIP bone.
 SCALE_BONE = (MIDDLE_MCP, MIDDLE_PIP)
 

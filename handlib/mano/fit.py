@@ -41,10 +41,8 @@ from handlib.geometry import (axis_angle_to_matrix, matrix_to_axis_angle, matrix
                               project_points, rotation_6d_to_matrix)
 from handlib.mano.layer import HandOutput, ManoLayer
 from handlib.mano.prior import HandPosePrior
-from handlib.skeleton import NUM_KEYPOINTS
+from handlib.skeleton import NUM_KEYPOINTS, PALM
 
-# The keypoints that move rigidly with the wrist: wrist, thumb CMC and the four MCPs (course order).
-PALM_KEYPOINTS = (0, 1, 5, 9, 13, 17)
 OPTIMIZERS = ("adam", "lbfgs")
 ROTATIONS = ("6d", "axis_angle")
 
@@ -148,7 +146,7 @@ def _init_weights(visibility: torch.Tensor) -> torch.Tensor:
     """Weights for the rigid initialisation: the visible palm keypoints, or every visible keypoint
     for hands with fewer than 3 of them."""
     palm = torch.zeros(NUM_KEYPOINTS, device=visibility.device)
-    palm[list(PALM_KEYPOINTS)] = 1.0
+    palm[list(PALM)] = 1.0
     weights = visibility * palm
     too_few = (weights > 0).sum(1, keepdim=True) < 3
     return torch.where(too_few, visibility, weights)

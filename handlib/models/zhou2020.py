@@ -72,8 +72,8 @@ from handlib.methods import (ImageTraining, LossContext, Method, Prediction, Sch
 from handlib.models import backbone
 from handlib.models.backbone import (conv_bn_relu, keypoints_from_score_maps, score_map_loss, score_map_size,
                                      score_map_targets)
-from handlib.skeleton import BONES, MANO_PARENTS, MIDDLE_MCP, NUM_KEYPOINTS, NUM_MANO_JOINTS, ORDER_MAPS, PARENTS, \
-    SCALE_BONE, WRIST
+from handlib.skeleton import BONES, MANO_PARENTS, MIDDLE_MCP, NUM_KEYPOINTS, NUM_MANO_JOINTS, ORDER_MAPS, PALM, \
+    PARENTS, SCALE_BONE, WRIST
 
 # The reference bone of the normalisation and of the shape fit: wrist -> middle MCP (W -> M0).
 REFERENCE_BONE = BONES.index((WRIST, MIDDLE_MCP))
@@ -85,8 +85,6 @@ BONE_ROTATION_JOINT = tuple(0 if j == WRIST else _MANO_OF_KEYPOINT[PARENTS[j]] f
 _KEYPOINT_OF_MANO_ROTATION = tuple(
     WRIST if k == 0 else next(j for j in range(NUM_KEYPOINTS) if j != WRIST and BONE_ROTATION_JOINT[j] == k)
     for k in range(NUM_MANO_JOINTS))
-# The palm: the wrist and the five finger bases, which move rigidly with the wrist in MANO.
-PALM = (WRIST,) + tuple(j for j in range(NUM_KEYPOINTS) if PARENTS[j] == WRIST)
 # The rotation ``forward_kinematics`` turns bone j with: the wrist's for the palm bones, else q_j.
 _FK_ROTATION = tuple(WRIST if j in PALM else j for j in range(NUM_KEYPOINTS))
 # Depth of each keypoint in the kinematic tree (wrist 0, finger bases 1, ..., tips 4).
@@ -955,7 +953,7 @@ def _initialize(model: Zhou2020, config: Zhou2020Config) -> None:
 CONFIGS = {
     # Live in the notebook and in CI, from the shipped backbone: measured 231 s on one core of a busy
     # 2-core CPU (IKNet 2000 steps at 0.01 s, DetNet 200 steps at about 1 s, the 256 test images):
-    # 2D 16.5 px, 3D EPE 68.9 mm (gt_root_scale), Procrustes 24.1 mm, mesh 18.8 mm (seed 0).
+    # 2D 16.5 px, 3D EPE 68.6 mm (gt_root_scale), Procrustes 22.5 mm, mesh 16.9 mm (seed 0).
     "quick": Zhou2020Config(),
     # What ships: 42 minutes on one core of a busy 2-core CPU (measured, 2026-12-03): IKNet 1024 x 6,
     # 6000 steps of 128 at about 0.1 s (10 min; its 65 536 poses take 10 s to build), then DetNet
