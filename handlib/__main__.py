@@ -86,7 +86,8 @@ def _benchmark(args):
         rows = real_benchmark(profile=args.profile, device=args.device, run_dir=args.run_dir,
                               peers=not args.no_peers, verbose=True)
     else:
-        rows = benchmark(profile=args.profile, device=args.device, run_dir=args.run_dir, verbose=True)
+        rows = benchmark(profile=args.profile, device=args.device, run_dir=args.run_dir, verbose=True,
+                         baselines=not args.no_baselines, peers=not args.no_peers)
     if args.json:
         atomic_write_text(args.json, json.dumps(rows, indent=1, default=str))
         print(f"wrote {args.json}")
@@ -194,7 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--profile", choices=PROFILES, default="full", help="whose checkpoints (default full)")
     command.add_argument("--run-dir", type=Path, default=None, help=SHIPPED_HELP)
     command.add_argument("--device", default=None)
-    command.add_argument("--no-peers", action="store_true", help="with --real: leave MediaPipe Hands out")
+    command.add_argument("--no-peers", action="store_true", help="leave MediaPipe Hands out (it runs where the "
+                         "peers extra is installed)")
+    command.add_argument("--no-baselines", action="store_true",
+                         help="leave out the two image-free baselines (crop centre, mean training pose) on the "
+                              "synthetic test set")
     command.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     command.add_argument("--markdown", type=Path, default=None, help="also write the table to this Markdown file")
     command.set_defaults(run=_benchmark)

@@ -151,24 +151,126 @@ def format_table(rows: list[dict], columns: dict | None = None) -> str:
 
 @torch.no_grad()
 def milliseconds_per_image(method: Method, model: nn.Module, config, dataset: Dataset, count: int = 8,
-                           device=None) -> float:
+                           device=None, predict=None) -> float:
     """The median wall time of ``method.predict`` on one image at a time (batch 1, after one warm-up
-    run), milliseconds: what a user waits for one photo's answer on this machine."""
+    run), milliseconds: what a user waits for one photo's answer on this machine.
+
+    ``predict``: as in ``predict_dataset`` (None: ``method.predict``; e.g. a peer's function)."""
     device = get_device(device)
+    predict = predict or method.predict
     model.eval()
     times = []
     for i in range(count + 1):
         batch = to_device(default_collate([dataset[i % len(dataset)]]), device)
         started = time.perf_counter()
-        method.predict(model, batch, config)
+        predict(model, batch, config)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
     return 1000.0 * float(np.median(times[1:]))
 
 
+# The thresholds of the 3D PCK curves of the benchmark (``benchmark(curves=True)``): 0 to 50 mm, 1 mm apart.
+PCK_THRESHOLDS_MM = tuple(float(t) for t in range(51))
+
+
+def pck_curve_3d(prediction: Prediction, targets: dict, alignment: str = "root",
+                 thresholds_mm=PCK_THRESHOLDS_MM) -> list | None:
+    """The 3D PCK curve of a prediction, after the same alignment as ``score``'s headline 3D error.
+
+    Args:
+        prediction: a ``Prediction`` of N samples.
+        targets: {key: tensor} of the same N samples (``TARGET_KEYS``).
+        alignment: one of ``metrics.ALIGNMENTS`` (the method's own).
+        thresholds_mm: (T,) increasing thresholds, millimetres.
+
+    Returns:
+        list of T fractions in [0, 1] (``metrics.pck_curve`` over the answered samples with 3D labels,
+        every keypoint counting, as ``metrics.benchmark_row`` does); None without 3D keypoints.
+    """
+    keep = prediction.answered() & targets["has_3d"].bool()
+    if prediction.keypoints_3d is None or not keep.any():
+        return None
+    truth = targets["keypoints_3d"][keep]
+    aligned = metrics.align(prediction.keypoints_3d[keep], truth, alignment)
+    errors_mm = metrics.keypoint_errors(aligned * 1000.0, truth.double() * 1000.0)
+    return metrics.pck_curve(errors_mm, np.asarray(thresholds_mm, dtype=np.float64)).tolist()
+
+
+def _test_targets(dataset: Dataset, batch_size: int = 64, with_images: bool = False) -> dict:
+    """The ``TARGET_KEYS`` of a whole dataset (and its "image" and "is_right" with ``with_images``)."""
+    keys = TARGET_KEYS + (("image", "is_right") if with_images else ())
+    parts = {key: [] for key in keys}
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=default_collate):
+        for key in keys:
+            parts[key].append(batch[key])
+    return {key: torch.cat(values) for key, values in parts.items()}
+
+
+def _peer_predict(model, batch, config) -> Prediction:
+    """``predict_dataset``'s signature around MediaPipe Hands (``handlib.peers``): the model is unused."""
+    from handlib.peers import mediapipe_hands
+
+    return mediapipe_hands(batch["image"].cpu(), is_right=batch["is_right"].cpu())
+
+
+def floor_rows(test_set: Dataset, image_size: int, baselines: bool = True, peers: bool = False,
+               baseline_samples: int = 2048, curves: bool = False, device=None) -> list[dict]:
+    """The rows that frame the benchmark on the fixed synthetic test set: the two image-free
+    baselines (``image_free_baselines``: the floor) and MediaPipe Hands (``handlib.peers``: a system
+    trained on real photos), scored by ``score`` like the methods.
+
+    The mean training pose is root-relative and metric (the average training hand's size): its 3D
+    error is after "root" alignment. MediaPipe's 3D is its own hand size and its axes are only
+    roughly the camera's: its headline 3D error is after "procrustes" alignment (= its PA EPE).
+    MediaPipe scores the images where it finds a hand only (``num_answered``).
+
+    Args:
+        test_set: the synthetic test set of ``image_size`` px crops.
+        image_size: side of its crops, pixels.
+        baselines: add the two baselines.
+        peers: add MediaPipe Hands where it is installed (else print why not).
+        baseline_samples: synthetic training samples the mean pose is taken over.
+        curves: add "pck_3d" (``pck_curve_3d``) to the rows with 3D.
+        device: unused by the baselines and the peer (CPU); kept for symmetry.
+
+    Returns:
+        list of dicts with the keys of ``benchmark``'s rows ("parameters", "train_minutes" None).
+    """
+    from handlib.methods import synthetic_training_set
+
+    rows = []
+    targets = _test_targets(test_set, with_images=peers)
+    if baselines:
+        train_set = synthetic_training_set(baseline_samples, 0, image_size)
+        for name, prediction in image_free_baselines(len(test_set), image_size, train_set).items():
+            row = {"method": name, "profile": "-", **score(prediction, targets, "root"), "parameters": None,
+                   "ms_per_image": None, "train_minutes": None}
+            if curves:
+                row["pck_3d"] = pck_curve_3d(prediction, targets, "root")
+            rows.append(row)
+    if peers:
+        from handlib.peers import unavailable_reason
+
+        reason = unavailable_reason()
+        if reason is not None:
+            print(f"{PEER}: not run. {reason}")
+        else:
+            identity = nn.Identity()
+            prediction, _ = predict_dataset(None, identity, None, test_set, "cpu", predict=_peer_predict)
+            row = {"method": PEER, "profile": "-", **score(prediction, targets, "procrustes"), "parameters": None,
+                   "ms_per_image": milliseconds_per_image(None, identity, None, test_set, device="cpu",
+                                                          predict=_peer_predict),
+                   "train_minutes": None}
+            if curves:
+                row["pck_3d"] = pck_curve_3d(prediction, targets, "procrustes")
+            rows.append(row)
+    return rows
+
+
 def benchmark(profile: str = "full", names: list[str] | None = None, device=None, run_dir=None,
-              verbose: bool = False) -> list[dict]:
+              verbose: bool = False, baselines: bool = False, peers: bool = False, curves: bool = False,
+              baseline_samples: int = 2048) -> list[dict]:
     """Evaluate every method and variant that has a checkpoint, each on its fixed test set.
 
     Besides ``score``'s numbers, each row has the model's size ("parameters"), the time it takes to
@@ -181,15 +283,22 @@ def benchmark(profile: str = "full", names: list[str] | None = None, device=None
         device: None = CUDA when available.
         run_dir: None = the shipped checkpoints; a folder = your runs there.
         verbose: print the table, and the names that have no checkpoint.
+        baselines: add the two image-free baselines (``floor_rows``) on the course's synthetic test
+            set (for the methods evaluated on it, ``methods.synthetic_test_set``).
+        peers: add MediaPipe Hands there too, where the ``peers`` extra is installed.
+        curves: add each row's 3D PCK curve, "pck_3d", at ``PCK_THRESHOLDS_MM`` (``pck_curve_3d``).
+        baseline_samples: synthetic training samples the mean training pose is taken over.
 
     Returns:
         list of dicts: {"method", "profile", "checkpoint", ``score``'s keys, "parameters",
-        "ms_per_image", "train_minutes"}.
+        "ms_per_image", "train_minutes"} (and "pck_3d"); the methods first, in the order of
+        ``names``, then the baselines and the peer.
     """
     from handlib.checkpoints import find_checkpoint, load_model, read_checkpoint
+    from handlib.methods import synthetic_test_set
     from handlib.registry import available_names
 
-    rows, missing = [], []
+    rows, missing, synthetic_sets = [], [], {}
     for name in names or available_names():
         try:
             path = find_checkpoint(name, profile, run_dir)
@@ -198,13 +307,26 @@ def benchmark(profile: str = "full", names: list[str] | None = None, device=None
             continue
         method, model, config = load_model(name, profile, path, device)
         test_set = method.test_data(config, config.test_samples)
-        rows.append({"method": name, "profile": profile, "checkpoint": str(path),
-                     **evaluate_model(method, model, config, test_set, device),
-                     "parameters": sum(p.numel() for p in model.parameters()),
-                     "ms_per_image": milliseconds_per_image(method, model, config, test_set, device=device),
-                     "train_minutes": read_checkpoint(path, "cpu")["provenance"]["wall_time_s"] / 60.0})
+        prediction, targets = predict_dataset(method, model, config, test_set, device)
+        row = {"method": name, "profile": profile, "checkpoint": str(path),
+               **score(prediction, targets, method.alignment),
+               "parameters": sum(p.numel() for p in model.parameters()),
+               "ms_per_image": milliseconds_per_image(method, model, config, test_set, device=device),
+               "train_minutes": read_checkpoint(path, "cpu")["provenance"]["wall_time_s"] / 60.0}
+        if curves:
+            row["pck_3d"] = pck_curve_3d(prediction, targets, method.alignment)
+        rows.append(row)
+        if method.test_data is synthetic_test_set:
+            synthetic_sets.setdefault((config.image_size, config.test_samples), test_set)
+    if baselines or peers:
+        for (image_size, _), test_set in synthetic_sets.items():
+            rows += floor_rows(test_set, image_size, baselines, peers, baseline_samples, curves, device)
     if verbose:
         print(format_table(rows, BENCHMARK_COLUMNS) if rows else f"no {profile} checkpoints found")
+        for row in rows:
+            if row.get("num_answered", row.get("num_samples")) != row.get("num_samples"):
+                print(f"{row['method']}: scored on the {row['num_answered']} of {row['num_samples']} images where it "
+                      "found a hand")
         if missing:
             print(f"no {profile} checkpoint: {', '.join(missing)}; train with `python -m handlib train NAME`")
     return rows
@@ -356,3 +478,230 @@ def real_benchmark(names: list[str] | None = None, profile: str = "full", device
             print(f"{PEER}: errors over the images where it found the hand only (column scored; the course's "
                   "methods answer every image). Its 3D: MediaPipe's world landmarks.")
     return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Error by condition: the challenges of chapter 0, measured on every method
+# --------------------------------------------------------------------------------------------
+
+# The synthetic engine's knobs (``handlib.data.synth.SynthConfig``) and the values each is set to, one
+# at a time, the others at the fixed test set's defaults. "image_size" renders the same hands and
+# cameras at fewer pixels, then scales the crops up to the methods' input (``condition_test_set``);
+# "distractors" puts a skin-coloured distractor behind every hand (a second hand in 60 % of them).
+CONDITIONS = {
+    "occlusion": (0.0, 0.3, 0.6, 1.0),
+    "viewpoint": ("palm_towards", "palm_away", "any"),
+    "image_size": (24, 32, 64, 128),
+    "pose_kind": ("open", "relaxed", "pinch", "point", "power", "fist"),
+    "distractors": (0.0, 1.0),
+}
+CONDITION_COLUMNS = {"method": "method", "condition": "condition", "value": "value", "epe_3d_mm": "3D EPE (mm)",
+                     "epe_procrustes_mm": "PA EPE (mm)", "epe_2d_px": "2D EPE (px)", "auc_20_50": "AUC 20-50 mm",
+                     "num_samples": "samples"}
+
+
+class ResizedSet(Dataset):
+    """A dataset of sample dicts at another resolution: every image scaled to ``size`` x ``size``
+    (bilinear), the 2D keypoints and the intrinsics K scaled with it (a pixel covers [i, i + 1), so
+    u -> u * size / S exactly), mask and depth by nearest neighbour. Nothing else changes.
+
+    Rendered at S = 32 px and scaled to 128 px, the crop holds the information of 32 px at the
+    size a method takes: the low-resolution challenge of chapter 0.
+    """
+
+    def __init__(self, dataset: Dataset, size: int):
+        if int(size) != size or size < 1:
+            raise ValueError(f"size: expected a positive number of pixels, got {size!r}")
+        self.dataset, self.size = dataset, int(size)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index) -> dict:
+        import torch.nn.functional as F
+
+        sample = dict(self.dataset[index])
+        source = sample["image"].shape[-1]
+        factor = self.size / source
+        sample["image"] = F.interpolate(sample["image"][None], size=(self.size, self.size), mode="bilinear",
+                                        align_corners=False)[0].clamp(0.0, 1.0)                   # (3, size, size)
+        for key in ("mask", "depth"):
+            if torch.is_tensor(sample.get(key)) and sample[key].ndim == 2:
+                sample[key] = F.interpolate(sample[key][None, None].float(), size=(self.size, self.size),
+                                            mode="nearest")[0, 0].to(sample[key].dtype)           # (size, size)
+        sample["keypoints_2d"] = sample["keypoints_2d"] * factor
+        if torch.is_tensor(sample.get("K")):
+            K = sample["K"].clone()
+            K[:2] = K[:2] * factor
+            sample["K"] = K
+        return sample
+
+
+def condition_test_set(condition: str, value, num_samples: int = 64, image_size: int = 128, cache_dir=None) -> Dataset:
+    """The first ``num_samples`` hands of the fixed synthetic test set with one knob changed.
+
+    Every set has the test set's seed, so the hands (poses, shapes, cameras) are the same across the
+    values of "occlusion", "image_size" and "distractors" (only occluders, pixels, distractors differ):
+    the comparison is paired. "viewpoint" and "pose_kind" draw other poses (they are what changes).
+
+    Args:
+        condition: a key of ``CONDITIONS`` (or any ``SynthConfig`` knob).
+        value: its value; for "image_size" the resolution rendered, scaled up to ``image_size``
+            (``ResizedSet``).
+        num_samples: hands per set (rendered once and cached, ``synth.cached_test_set``).
+        image_size: side of the crops the methods take, pixels.
+        cache_dir: None = the course's cache (``methods.CACHE_DIR``).
+
+    Returns:
+        a Dataset of sample dicts of ``image_size`` px.
+    """
+    from handlib.data import synth
+    from handlib.methods import CACHE_DIR
+
+    cache_dir = CACHE_DIR if cache_dir is None else cache_dir
+    rendered_size = int(value) if condition == "image_size" else image_size
+    knobs = {} if condition == "image_size" else {condition: value}
+    config = synth.make_config(image_size=rendered_size, **knobs)
+    dataset = synth.cached_test_set(num_samples, seed=synth.DEFAULT_TEST_SEED, image_size=rendered_size,
+                                    cache_dir=cache_dir, progress=False, config=config, workers=0)
+    return dataset if rendered_size == image_size else ResizedSet(dataset, image_size)
+
+
+def trained_models(names: list[str] | None = None, profile: str = "full", device=None, run_dir=None) -> dict:
+    """{name: (method, model, config)} of the names that have a checkpoint (``checkpoints.load_model``);
+    names without one are left out. None = ``registry.shipped_names()``."""
+    from handlib.checkpoints import find_checkpoint, load_model
+    from handlib.registry import shipped_names
+
+    models = {}
+    for name in shipped_names() if names is None else names:
+        try:
+            path = find_checkpoint(name, profile, run_dir)
+        except FileNotFoundError:
+            continue
+        models[name] = load_model(name, profile, path, device)
+    return models
+
+
+def error_by_condition(names: list[str] | None = None, conditions: dict | None = None, num_samples: int = 64,
+                       profile: str = "full", device=None, run_dir=None, models: dict | None = None,
+                       baselines: bool = True, baseline_samples: int = 2048, cache_dir=None) -> list[dict]:
+    """Every method's error as one knob of the synthetic engine changes (``condition_test_set``).
+
+    Args:
+        names: "method" or "method:variant"; None = the shipped ones that have a checkpoint.
+        conditions: {knob: values}; None = ``CONDITIONS``.
+        num_samples: hands per (knob, value) set: small sets (64) keep it to seconds per method.
+        profile, device, run_dir: which checkpoints (default: the shipped ``full`` ones).
+        models: {name: (method, model, config)} to use instead of loading ``names`` (``trained_models``).
+        baselines: add the "mean training pose" (``image_free_baselines``) per set: the floor.
+        baseline_samples: synthetic training samples its mean is taken over.
+        cache_dir: where the sets are cached; None = the course's cache.
+
+    Returns:
+        list of dicts, one per (method, knob, value): {"method", "condition", "value", "alignment",
+        "num_samples", and ``score``'s errors: "epe_2d_px" (pixels of the method's input), and with 3D
+        "epe_3d_mm", "auc_20_50", "epe_procrustes_mm", ...}. The keys of ``CONDITION_COLUMNS``.
+    """
+    from handlib.methods import synthetic_training_set
+
+    models = trained_models(names, profile, device, run_dir) if models is None else models
+    conditions = CONDITIONS if conditions is None else conditions
+    for condition, values in conditions.items():
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+            raise ValueError(f"conditions[{condition!r}]: expected a list of values, got {values!r}")
+    sizes = sorted({config.image_size for _, _, config in models.values()})
+    means = {}
+    if baselines:
+        for size in sizes:
+            means[size] = synthetic_training_set(baseline_samples, 0, size)
+    rows, scored = [], {}                      # scored: the rows of a set already scored (the defaults recur)
+    for condition, values in conditions.items():
+        for value in values:
+            for size in sizes:
+                dataset = condition_test_set(condition, value, num_samples, size, cache_dir)
+                rendered = dataset.dataset if isinstance(dataset, ResizedSet) else dataset
+                key = (size, str(rendered.directory))
+                if key not in scored:
+                    targets = _test_targets(dataset)
+                    named = [(name, predict_dataset(method, model, config, dataset, device)[0], method.alignment)
+                             for name, (method, model, config) in models.items() if config.image_size == size]
+                    if baselines:
+                        floor = image_free_baselines(len(dataset), size, means[size])["mean training pose"]
+                        named.append(("mean training pose", floor, "root"))
+                    scored[key] = [(name, score(prediction, targets, alignment))
+                                   for name, prediction, alignment in named]
+                rows += [{"method": name, "condition": condition, "value": value, **row} for name, row in scored[key]]
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Plausibility: do the predicted poses respect the hand's joint limits?
+# --------------------------------------------------------------------------------------------
+
+PLAUSIBILITY_COLUMNS = {"method": "method", "fraction_outside": "angles outside limits (%)",
+                        "max_excess_degrees": "largest excess (deg)", "violation": "limit penalty (rad^2)",
+                        "reason": "note"}
+
+
+def plausibility(models: dict, dataset: Dataset, device=None, truth: bool = True) -> list[dict]:
+    """The pose prior's joint-limit penalty as a plausibility score of each method's predicted poses.
+
+    For a method whose ``Prediction`` has MANO poses (``mano_pose``), ``zhou2020.pose_implausibility``
+    of them: how far the 45 finger angles lie outside the prior's anatomical limits, averaged over the
+    dataset. A method without MANO poses (keypoints, or a mesh without joint angles) gets a row with
+    the reason and no numbers: its joint angles are not defined without fitting a hand model first.
+
+    Args:
+        models: {name: (method, model, config)} (``trained_models``).
+        dataset: sample dicts (e.g. ``condition_test_set``); its "pose" is the ground truth.
+        device: None = CUDA when available.
+        truth: add a row for the dataset's true poses (drawn from the prior: about 0).
+
+    Returns:
+        list of dicts with the keys of ``PLAUSIBILITY_COLUMNS``: "fraction_outside" in % of the 45
+        angles, "max_excess_degrees" and "violation" (rad^2) means over the samples; NaN-free, or
+        None with a "reason".
+    """
+    from handlib.models.zhou2020 import pose_implausibility
+
+    def row(name, poses, reason=""):
+        if poses is None:
+            return {"method": name, "fraction_outside": None, "max_excess_degrees": None, "violation": None,
+                    "reason": reason}
+        scores = pose_implausibility(poses.float())
+        return {"method": name, "fraction_outside": 100.0 * float(scores["fraction_outside"].mean()),
+                "max_excess_degrees": float(scores["max_excess_degrees"].mean()),
+                "violation": float(scores["violation"].mean()), "reason": reason}
+
+    rows = []
+    for name, (method, model, config) in models.items():
+        prediction, _ = predict_dataset(method, model, config, dataset, device)
+        rows.append(row(name, prediction.mano_pose,
+                        "" if prediction.mano_pose is not None else
+                        "skipped: predicts " + ("a mesh and keypoints" if prediction.vertices is not None
+                                                else "keypoints") + ", no MANO joint angles"))
+    if truth:
+        rows.append(row("ground truth (the prior's samples)", _test_targets(dataset)["pose"]))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# The papers' own numbers (../shared/reference/methods.md), for a table beside ours
+# --------------------------------------------------------------------------------------------
+
+# AUC of the 3D PCK over 20-50 mm as published, per course method and dataset. Each paper used its own
+# training data, crops and alignment (e.g. ground-truth root and scale), so the numbers compare the
+# datasets and protocols as much as the methods. "unverified": quoted as commonly cited, not checked
+# against the paper's text. Sources: hand3d/boukhayma/3dhand PCK curves (Z&B, Cai, Boukhayma; AUC
+# computed with the trapezoid rule), minimal-hand's plot.py (Zhou), the Ge et al. paper (unverified).
+PUBLISHED_AUC_20_50 = {
+    "zimmermann2017": {"STB": 0.948},
+    "cai2018": {"STB": 0.994, "RHD": 0.887},
+    "boukhayma2019": {"STB": 0.994, "Dexter+Object": 0.634, "EgoDexter": 0.574},
+    "boukhayma2019:rgb2d": {"STB": 0.987, "Dexter+Object": 0.765, "EgoDexter": 0.674},
+    "boukhayma2019:2d": {"STB": 0.983, "Dexter+Object": 0.758, "EgoDexter": 0.682},
+    "zhou2020": {"RHD": 0.856, "STB": 0.898, "Dexter+Object": 0.948, "EgoDexter": 0.811},
+    "ge2019": {"STB": 0.998, "RHD": 0.920},
+}
+PUBLISHED_UNVERIFIED = {("cai2018", "RHD"), ("ge2019", "STB"), ("ge2019", "RHD")}

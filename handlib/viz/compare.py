@@ -1,0 +1,230 @@
+"""Every method on one photo: a box around the hand, its side, and each method's answer side by side.
+
+``predict_every_method`` crops the box out of the photo and runs each method on the crop through
+``handlib.predict.predict_images`` (which mirrors a left hand into a right one and the answer back);
+``draw_predictions_2d`` draws the 2D skeletons on the photo (matplotlib: it survives in a stored
+notebook); ``hands_3d_figure`` puts the 3D hands in one plotly scene the user can turn, a mesh
+where the method has one. ``PhotoPanel`` is the same with widgets: upload a photo or type a path,
+type the box, choose left or right, press the button.
+
+Example (in a notebook):
+    >>> models = evaluate.trained_models()                                          # doctest: +SKIP
+    >>> hands = predict_every_method(models, read_image("me.jpg"), (40, 60, 240, 260), "left")  # doctest: +SKIP
+    >>> draw_predictions_2d(read_image("me.jpg"), hands, (40, 60, 240, 260))        # doctest: +SKIP
+    >>> PhotoPanel(models).widget                                                   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from handlib.images import check_image, read_image
+
+HANDS = ("right", "left")
+
+
+def check_box(box, width: int, height: int) -> tuple[int, int, int, int]:
+    """``box`` as integer pixels (x0, y0, x1, y1) inside a ``width`` x ``height`` image.
+
+    The box is clipped to the image; x1, y1 are exclusive (the crop is ``image[:, y0:y1, x0:x1]``).
+
+    Raises:
+        ValueError: not 4 numbers, or nothing of the box inside the image.
+    """
+    try:
+        x0, y0, x1, y1 = (float(v) for v in box)
+    except (TypeError, ValueError):
+        raise ValueError(f"box: expected 4 numbers (x0, y0, x1, y1), pixels of the photo, got {box!r}") from None
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+        raise ValueError(f"box: expected finite numbers, got {box!r}")
+    x0, x1 = sorted((int(round(x0)), int(round(x1))))
+    y0, y1 = sorted((int(round(y0)), int(round(y1))))
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        raise ValueError(f"box: {box!r} leaves less than 4 x 4 pixels of the {width} x {height} photo; put it "
+                         "around the hand (x0, y0 the top-left corner, x1, y1 the bottom-right)")
+    return x0, y0, x1, y1
+
+
+def predict_every_method(models: dict, image: torch.Tensor, box=None, hand: str = "right") -> dict:
+    """Each method's answer for the hand inside ``box`` of a photo.
+
+    Args:
+        models: {name: (method, model, config)} (``handlib.evaluate.trained_models``).
+        image: (3, H, W) float in [0, 1] (``images.read_image``).
+        box: (x0, y0, x1, y1) pixels around the hand, or None for the whole photo.
+        hand: "right" or "left" (a left hand is mirrored for the methods and back).
+
+    Returns:
+        {name: hand} with the fields of ``predict.predict_images`` (root-relative 3D, metres), the
+        2D keypoints moved into the photo's pixels.
+    """
+    from handlib.predict import predict_images
+
+    check_image(image)
+    if hand not in HANDS:
+        raise ValueError(f"hand: expected 'right' or 'left', got {hand!r}")
+    _, height, width = image.shape
+    x0, y0, x1, y1 = check_box((0, 0, width, height) if box is None else box, width, height)
+    crop = image[:, y0:y1, x0:x1]
+    answers = {}
+    for name, (method, model, config) in models.items():
+        answer = predict_images(method, model, config, [crop], [hand == "right"])[0]
+        answer["keypoints_2d"] = answer["keypoints_2d"] + torch.tensor([float(x0), float(y0)])
+        answers[name] = answer
+    return answers
+
+
+def draw_predictions_2d(image: torch.Tensor, hands: dict, box=None, columns: int = 4, margin: float = 0.3,
+                        panel_inches: float = 2.6):
+    """One panel per method: the box of the photo (with ``margin`` of its size around it) and the
+    method's 2D skeleton (``plot2d`` colours).
+
+    Args:
+        image: (3, H, W) in [0, 1].
+        hands: {name: hand} (``predict_every_method``).
+        box: (x0, y0, x1, y1) the hand's box, or None for the whole photo.
+        columns: panels per row.
+        margin: how much of the photo around the box to show, as a fraction of the box's size.
+        panel_inches: side of one panel.
+
+    Returns:
+        the matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    from handlib.viz.plot2d import draw_keypoints_2d, show_image
+
+    check_image(image)
+    _, height, width = image.shape
+    x0, y0, x1, y1 = check_box((0, 0, width, height) if box is None else box, width, height)
+    pad = margin * max(x1 - x0, y1 - y0)
+    count = max(len(hands), 1)
+    columns = min(columns, count)
+    rows = math.ceil(count / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(panel_inches * columns, panel_inches * rows + 0.3),
+                                squeeze=False)
+    for ax, (name, hand) in zip(axes.flat, hands.items()):
+        show_image(ax, image)
+        draw_keypoints_2d(ax, hand["keypoints_2d"], linewidth=1.5, markersize=2.5)
+        ax.plot([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0], color="white", linewidth=0.8, linestyle=":")
+        ax.set_xlim(max(x0 - pad, 0), min(x1 + pad, width))
+        ax.set_ylim(min(y1 + pad, height), max(y0 - pad, 0))
+        ax.set_title(name, fontsize=9)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    figure.tight_layout()
+    return figure
+
+
+def hands_3d_figure(hands: dict, widget: bool = False, height: int = 380):
+    """The methods' 3D answers in one plotly scene, as the photo's camera sees them (turn it with the
+    mouse): each skeleton, with its mesh where the method gives one of the MANO topology.
+
+    Args:
+        hands: {name: hand} (``predict_every_method``); methods without 3D are left out.
+        widget: a ``go.FigureWidget`` (interactive in a running notebook) instead of a ``go.Figure``.
+        height: pixels.
+
+    Returns:
+        ``plot3d.hand_comparison_figure`` of the hands with 3D.
+    """
+    from handlib.mano import ManoLayer
+    from handlib.viz.plot3d import hand_comparison_figure
+
+    layer = ManoLayer()
+    with_3d = {name: hand for name, hand in hands.items() if hand.get("keypoints_3d") is not None}
+    if not with_3d:
+        raise ValueError("hands: none of them has 3D keypoints (2D-only methods cannot be drawn in 3D)")
+    meshes = [hand["vertices"] if hand.get("vertices") is not None and len(hand["vertices"]) == len(layer.v_template)
+              else None for hand in with_3d.values()]
+    return hand_comparison_figure([hand["keypoints_3d"] for hand in with_3d.values()], list(with_3d),
+                                  vertices=meshes, faces=layer.faces, widget=widget, height=height)
+
+
+def _uploaded_image(upload) -> torch.Tensor | None:
+    """The image of an ipywidgets ``FileUpload`` (versions 7 and 8), read by ``images.read_image``."""
+    value = upload.value
+    files = list(value.values()) if isinstance(value, dict) else list(value)
+    if not files:
+        return None
+    item = files[-1]
+    content = bytes(item["content"])
+    name = item.get("name") or item.get("metadata", {}).get("name", "upload.jpg")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / Path(name).name
+        path.write_bytes(content)
+        return read_image(path)
+
+
+class PhotoPanel:
+    """Widgets around ``predict_every_method``: a photo (upload, or a path), the box around the hand,
+    its side, and a button; the answer appears below (the 2D panels, then the 3D scene).
+
+    Args:
+        models: {name: (method, model, config)}.
+        path: the photo shown first (a path), or None.
+        box: its box (x0, y0, x1, y1), or None for the whole photo.
+        hand: "right" or "left".
+
+    Attributes:
+        widget: the interface, to display.
+        output: the ``widgets.Output`` the answers go to.
+    """
+
+    def __init__(self, models: dict, path=None, box=None, hand: str = "right"):
+        import ipywidgets as widgets
+
+        self.models = models
+        self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="upload a photo")
+        self.path = widgets.Text(value="" if path is None else str(path), description="or a file",
+                                 layout=widgets.Layout(width="420px"))
+        box = (0, 0, 0, 0) if box is None else box
+        self.box = [widgets.IntText(value=int(v), description=label, layout=widgets.Layout(width="140px"))
+                    for v, label in zip(box, ("x0", "y0", "x1", "y1"))]
+        self.whole = widgets.Checkbox(value=box == (0, 0, 0, 0), description="the whole photo is the hand's box")
+        self.hand = widgets.ToggleButtons(options=list(HANDS), value=hand, description="hand")
+        self.button = widgets.Button(description="predict with every method", icon="hand-paper-o",
+                                     layout=widgets.Layout(width="260px"))
+        self.output = widgets.Output()
+        self.button.on_click(lambda _: self.run())
+        self.widget = widgets.VBox([widgets.HBox([self.upload, self.path]), widgets.HBox(self.box), self.whole,
+                                    self.hand, self.button, self.output])
+
+    def image(self) -> torch.Tensor:
+        """The uploaded photo if there is one, else the one at the path."""
+        uploaded = _uploaded_image(self.upload)
+        if uploaded is not None:
+            return uploaded
+        if not self.path.value.strip():
+            raise ValueError("no photo: upload one, or type the path of a JPEG or PNG file")
+        return read_image(self.path.value.strip())
+
+    def run(self) -> None:
+        """Predict and draw into ``output`` (errors are printed there, saying what to fix)."""
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+
+        self.output.clear_output()
+        with self.output:
+            try:
+                image = self.image()
+                box = None if self.whole.value else tuple(w.value for w in self.box)
+                hands = predict_every_method(self.models, image, box, self.hand.value)
+            except (FileNotFoundError, ValueError) as error:
+                print(f"error: {error}")
+                return
+            if not hands:
+                print("no method to run: no shipped checkpoint was found")
+                return
+            draw_predictions_2d(image, hands, box)
+            plt.show()
+            if any(hand.get("keypoints_3d") is not None for hand in hands.values()):
+                display(hands_3d_figure(hands, widget=True))
+
+
+__all__ = ["PhotoPanel", "check_box", "draw_predictions_2d", "hands_3d_figure", "predict_every_method"]
