@@ -19,9 +19,9 @@ import math
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from handlib.files import atomic_path
 from handlib.images import check_image, read_image
 
 HANDS = ("right", "left")
@@ -50,7 +50,8 @@ def check_box(box, width: int, height: int) -> tuple[int, int, int, int]:
     return x0, y0, x1, y1
 
 
-def predict_every_method(models: dict, image: torch.Tensor, box=None, hand: str = "right") -> dict:
+def predict_every_method(models: dict, image: torch.Tensor, box=None, hand: str = "right",
+                         intrinsics=None) -> dict:
     """Each method's answer for the hand inside ``box`` of a photo.
 
     Args:
@@ -58,12 +59,14 @@ def predict_every_method(models: dict, image: torch.Tensor, box=None, hand: str 
         image: (3, H, W) float in [0, 1] (``images.read_image``).
         box: (x0, y0, x1, y1) pixels around the hand, or None for the whole photo.
         hand: "right" or "left" (a left hand is mirrored for the methods and back).
+        intrinsics: None, or the photo's (fx, fy, cx, cy) in its pixels: the 3D answers are then in
+            the photo's camera frame (``predict.predict_images``), else root-relative.
 
     Returns:
-        {name: hand} with the fields of ``predict.predict_images`` (root-relative 3D, metres), the
-        2D keypoints moved into the photo's pixels.
+        {name: hand} with the fields of ``predict.predict_images`` (metres), the 2D keypoints in the
+        photo's pixels.
     """
-    from handlib.predict import predict_images
+    from handlib.predict import check_intrinsics, predict_images
 
     check_image(image)
     if hand not in HANDS:
@@ -71,12 +74,66 @@ def predict_every_method(models: dict, image: torch.Tensor, box=None, hand: str 
     _, height, width = image.shape
     x0, y0, x1, y1 = check_box((0, 0, width, height) if box is None else box, width, height)
     crop = image[:, y0:y1, x0:x1]
+    if intrinsics is not None:                                      # the crop's camera: the same, shifted
+        fx, fy, cx, cy = check_intrinsics(intrinsics)
+        intrinsics = (fx, fy, cx - x0, cy - y0)
     answers = {}
     for name, (method, model, config) in models.items():
-        answer = predict_images(method, model, config, [crop], [hand == "right"])[0]
+        answer = predict_images(method, model, config, [crop], [hand == "right"], intrinsics=intrinsics)[0]
         answer["keypoints_2d"] = answer["keypoints_2d"] + torch.tensor([float(x0), float(y0)])
         answers[name] = answer
     return answers
+
+
+def predict_photo_files(models: dict, paths, hand: str = "right", box=None, intrinsics=None, out=None,
+                        overlay_dir=None) -> tuple[list[dict], list[dict]]:
+    """``predict_every_method`` on image files: ``python -m handlib predict all PHOTO --box ...``.
+
+    A file that cannot be read (or whose box misses it) is recorded as an error and the others go on.
+
+    Args:
+        models: {name: (method, model, config)}.
+        paths: image files (JPEG, PNG, ...), one hand each.
+        hand: "right" or "left" for every image.
+        box: (x0, y0, x1, y1) of every image, or None for the whole images.
+        intrinsics: None or (fx, fy, cx, cy) of every image (see ``predict_every_method``).
+        out: the JSON file to write (``predict.write_predictions``), or None.
+        overlay_dir: a folder for ``<stem>_methods.png`` (``draw_predictions_2d``: a panel per method), or None.
+
+    Returns:
+        (results, errors): one JSON-ready dict per (image, method), {"image", "method", and the fields
+        of ``predict.predict_files``' entries}, or {"image", "error"} per image that failed; errors
+        are the latter.
+    """
+    import matplotlib.pyplot as plt
+
+    from handlib.predict import json_entry, overlay_paths, write_predictions
+
+    if hand not in HANDS:
+        raise ValueError(f"hand: expected 'right' or 'left', got {hand!r}")
+    if not models:
+        raise ValueError("models: no method to run (no checkpoint found); train one or name shipped methods")
+    paths = list(paths)
+    results, errors = [], []
+    pictures = overlay_paths(paths, overlay_dir, "_methods.png") if overlay_dir is not None else [None] * len(paths)
+    for path, picture in zip(paths, pictures):
+        try:
+            image = read_image(path)
+            answers = predict_every_method(models, image, box, hand, intrinsics)
+        except (FileNotFoundError, ValueError) as error:           # ImageError is a ValueError
+            message = str(error)
+            errors.append({"image": str(path), "error": message if str(path) in message else f"{path}: {message}"})
+            results.append(errors[-1])
+            continue
+        results += [{"method": name, **json_entry(path, answer)} for name, answer in answers.items()]
+        if picture is not None:
+            figure = draw_predictions_2d(image, answers, box)
+            with atomic_path(picture) as tmp:
+                figure.savefig(tmp, format="png", dpi=100)
+            plt.close(figure)
+    if out is not None:
+        write_predictions(out, results)
+    return results, errors
 
 
 def draw_predictions_2d(image: torch.Tensor, hands: dict, box=None, columns: int = 4, margin: float = 0.3,
@@ -227,4 +284,5 @@ class PhotoPanel:
                 display(hands_3d_figure(hands, widget=True))
 
 
-__all__ = ["PhotoPanel", "check_box", "draw_predictions_2d", "hands_3d_figure", "predict_every_method"]
+__all__ = ["PhotoPanel", "check_box", "draw_predictions_2d", "hands_3d_figure", "predict_every_method",
+           "predict_photo_files"]

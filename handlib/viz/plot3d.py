@@ -198,6 +198,18 @@ def hand_figure(vertices=None, faces=None, joints=None, *, colors=None, labels: 
     return _layout((go.FigureWidget if widget else go.Figure)(data=traces), title, height, view)
 
 
+def _screen_axes(view: str) -> tuple[np.ndarray, np.ndarray]:
+    """The (3,) unit vectors of a view's screen: up, and across (up x out of the screen), along which
+    ``hand_row_figure`` and ``hand_comparison_figure`` lay their hands side by side."""
+    if view not in VIEWS:
+        raise ValueError(f"view: expected one of {tuple(VIEWS)}, got {view!r}")
+    camera = VIEWS[view]
+    up = np.array([camera["up"][a] for a in "xyz"], dtype=np.float32)
+    eye = np.array([camera["eye"][a] for a in "xyz"], dtype=np.float32)
+    across = np.cross(up, eye)
+    return up, across / np.linalg.norm(across)
+
+
 def hand_row_figure(vertices, faces, *, joints=None, labels=None, colors=None, spacing: float | None = None,
                     title: str | None = None, height: int = 360, view: str = "model", **mesh_options) -> go.Figure:
     """Several hands side by side in one 3D scene, to compare them (shapes, poses, fits).
@@ -222,18 +234,11 @@ def hand_row_figure(vertices, faces, *, joints=None, labels=None, colors=None, s
     vertices = _float32(vertices, "vertices", (None, None, 3))
     if joints is not None:
         joints = _float32(joints, "joints", (len(vertices), NUM_KEYPOINTS, 3))
-    if view not in VIEWS:
-        raise ValueError(f"view: expected one of {tuple(VIEWS)}, got {view!r}")
     if labels is not None and len(labels) != len(vertices):
         raise ValueError(f"labels: expected {len(vertices)} strings, got {len(labels)}")
     if colors is not None and len(colors) != len(vertices):
         raise ValueError(f"colors: expected {len(vertices)} colourings, got {len(colors)}")
-    # The screen's horizontal axis: up x (out of the screen) for each view.
-    camera = VIEWS[view]
-    up = np.array([camera["up"][a] for a in "xyz"], dtype=np.float32)
-    eye = np.array([camera["eye"][a] for a in "xyz"], dtype=np.float32)
-    across = np.cross(up, eye)
-    across /= np.linalg.norm(across)
+    up, across = _screen_axes(view)
     extent = (vertices @ across).max(1) - (vertices @ across).min(1)
     spacing = float(1.2 * extent.max()) if spacing is None else spacing
     offsets = (np.arange(len(vertices)) - (len(vertices) - 1) / 2)[:, None] * spacing * across  # (N, 3)
@@ -287,13 +292,7 @@ def hand_comparison_figure(joints, labels, vertices=None, faces=None, *, spacing
         raise ValueError(f"vertices: expected a list of {len(joints)} meshes (or None), got {len(vertices)}")
     if any(v is not None for v in vertices) and faces is None:
         raise ValueError("faces: needed to draw the meshes (e.g. ManoLayer().faces)")
-    if view not in VIEWS:
-        raise ValueError(f"view: expected one of {tuple(VIEWS)}, got {view!r}")
-    camera = VIEWS[view]
-    up = np.array([camera["up"][a] for a in "xyz"], dtype=np.float32)
-    eye = np.array([camera["eye"][a] for a in "xyz"], dtype=np.float32)
-    across = np.cross(up, eye)
-    across /= np.linalg.norm(across)
+    up, across = _screen_axes(view)
     offsets = (np.arange(len(joints)) - (len(joints) - 1) / 2)[:, None] * spacing * across      # (N, 3)
     traces, anchors = [], []
     for n, (points, mesh, label) in enumerate(zip(joints, vertices, labels)):
