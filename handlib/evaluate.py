@@ -517,7 +517,7 @@ def real_benchmark(names: list[str] | None = None, profile: str = "full", device
 # defaults. Four are knobs of the synthetic engine (``handlib.data.synth.SynthConfig``): "image_size"
 # renders the same hands and cameras at fewer pixels, then scales the crops up to the methods' input
 # (``ResizedSet``); "distractors" puts a skin-coloured distractor behind every hand (a second hand in
-# 60 % of them). "viewpoint" groups the fixed test set's own hands by the side the camera sees
+# 60 % of them); "two_hands" puts the other hand over every hand, interacting with it. "viewpoint" groups the fixed test set's own hands by the side the camera sees
 # (``viewpoint_of``): the engine's knob knows only "palm towards" and "palm away", not the side view.
 VIEWPOINTS = ("palm", "side", "back")
 CONDITIONS = {
@@ -526,6 +526,7 @@ CONDITIONS = {
     "image_size": (24, 32, 64, 128),
     "pose_kind": ("open", "relaxed", "pinch", "point", "power", "fist"),
     "distractors": (0.0, 1.0),
+    "two_hands": (0.0, 1.0),
 }
 CONDITION_COLUMNS = {"method": "method", "condition": "condition", "value": "value", "epe_3d_mm": "3D EPE (mm)",
                      "epe_procrustes_mm": "PA EPE (mm)", "epe_2d_px": "2D EPE (px)", "auc_20_50": "AUC 20-50 mm",

@@ -238,6 +238,36 @@ def test_every_method_on_photo_files_writes_one_entry_per_method_and_a_picture(t
         compare.predict_photo_files({}, [photo])
 
 
+def test_the_photo_panel_takes_a_dragged_box_and_answers_for_it(tmp_path):
+    from PIL import Image
+    from plotly.callbacks import BoxSelector, Points
+
+    from handlib.viz import compare
+
+    photo = tmp_path / "hand.png"
+    Image.fromarray((np.random.default_rng(0).random((600, 1000, 3)) * 255).astype(np.uint8)).save(photo)
+    seen = []
+
+    def centre(model, batch, config):
+        seen.append(batch["image"].shape)
+        return Prediction(keypoints_2d=torch.full((len(batch["image"]), 21, 2), batch["image"].shape[-1] / 2.0))
+
+    panel = compare.PhotoPanel({"a": oracle(predict=centre)}, path=photo)
+    assert panel.whole.value and [trace.type for trace in panel.picker.data] == ["image", "scatter"]
+    assert max(panel.picker.data[0].z.shape[:2]) == compare.PICKER_PIXELS     # shown smaller, ...
+    assert panel.picker.data[0].dx == pytest.approx(1000 / compare.PICKER_PIXELS)  # ... in the photo's pixels
+    # A rectangle dragged over the photo (what the browser sends) becomes the box, drawn on it.
+    panel.picker.data[1]._dispatch_on_selection(Points(), BoxSelector(xrange=[412.6, 300.2], yrange=[100.5, 351]))
+    assert [field.value for field in panel.box] == [300, 100, 413, 351] and not panel.whole.value
+    assert panel.picker.layout.shapes[0].x0 == 300 and panel.picker.layout.shapes[0].y1 == 351
+    panel.run()
+    assert len(seen) == 1                                                       # one method, one crop
+    panel.whole.value = True
+    assert panel.picker.layout.shapes == ()
+    panel.path.value = str(tmp_path / "missing.jpg")                           # a bad path: said, nothing lost
+    assert len(panel.picker.data) == 2
+
+
 def test_the_benchmark_figures_draw_a_line_per_method():
     import matplotlib.pyplot as plt
 

@@ -218,9 +218,17 @@ def _uploaded_image(upload) -> torch.Tensor | None:
         return read_image(path)
 
 
+# The photo in the box picker is shown at most this many pixels wide or high (a phone photo would be
+# tens of megabytes in the browser); the box is still in the photo's own pixels.
+PICKER_PIXELS = 480
+PICKER_WIDTH = 480         # the picker's width on the page, pixels
+PICKER_GRID = 64           # selectable points per side of the picker: a drag selects a box of them
+
+
 class PhotoPanel:
-    """Widgets around ``predict_every_method``: a photo (upload, or a path), the box around the hand,
-    its side, and a button; the answer appears below (the 2D panels, then the 3D scene).
+    """Widgets around ``predict_every_method``: a photo (upload, or a path), the box around the hand
+    (drag a rectangle over the photo, or type it), its side, and a button; the answer appears below
+    (the 2D panels, then the 3D scene).
 
     Args:
         models: {name: (method, model, config)}.
@@ -230,16 +238,19 @@ class PhotoPanel:
 
     Attributes:
         widget: the interface, to display.
+        picker: the photo as a plotly ``FigureWidget``: a rectangle dragged over it becomes the box
+            (``select_box``), drawn in white.
         output: the ``widgets.Output`` the answers go to.
     """
 
     def __init__(self, models: dict, path=None, box=None, hand: str = "right"):
         import ipywidgets as widgets
+        import plotly.graph_objects as go
 
         self.models = models
         self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="upload a photo")
         self.path = widgets.Text(value="" if path is None else str(path), description="or a file",
-                                 layout=widgets.Layout(width="420px"))
+                                 continuous_update=False, layout=widgets.Layout(width="420px"))
         box = (0, 0, 0, 0) if box is None else box
         self.box = [widgets.IntText(value=int(v), description=label, layout=widgets.Layout(width="140px"))
                     for v, label in zip(box, ("x0", "y0", "x1", "y1"))]
@@ -248,9 +259,69 @@ class PhotoPanel:
         self.button = widgets.Button(description="predict with every method", icon="hand-paper-o",
                                      layout=widgets.Layout(width="260px"))
         self.output = widgets.Output()
+        self.picker = go.FigureWidget(layout=dict(height=300, width=PICKER_WIDTH, dragmode="select",
+                                                  margin=dict(l=0, r=0, t=0, b=0), xaxis=dict(visible=False),
+                                                  yaxis=dict(visible=False)))
         self.button.on_click(lambda _: self.run())
-        self.widget = widgets.VBox([widgets.HBox([self.upload, self.path]), widgets.HBox(self.box), self.whole,
-                                    self.hand, self.button, self.output])
+        self.upload.observe(lambda _: self.show_photo(), "value")
+        self.path.observe(lambda _: self.show_photo(), "value")
+        for field in (*self.box, self.whole):
+            field.observe(lambda _: self._draw_box(), "value")
+        hint = widgets.Label("drag a rectangle around the hand on the photo, or type its box:")
+        self.widget = widgets.VBox([widgets.HBox([self.upload, self.path]), self.picker, hint, widgets.HBox(self.box),
+                                    self.whole, self.hand, self.button, self.output])
+        if path is not None:
+            self.show_photo()
+
+    def show_photo(self) -> None:
+        """Put the current photo (``image``) in the picker, with a grid of invisible points to select."""
+        import plotly.graph_objects as go
+        import torch.nn.functional as F
+
+        try:
+            image = self.image()
+        except (FileNotFoundError, ValueError) as error:
+            with self.output:
+                print(f"error: {error}")
+            return
+        _, height, width = image.shape
+        scale = min(1.0, PICKER_PIXELS / max(height, width))
+        shown = F.interpolate(image[None], scale_factor=scale, mode="bilinear", antialias=True)[0] if scale < 1 else image
+        pixels = (shown.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        xs, ys = torch.meshgrid(torch.linspace(0, width, PICKER_GRID), torch.linspace(0, height, PICKER_GRID),
+                                indexing="xy")
+        grid = go.Scatter(x=xs.flatten().tolist(), y=ys.flatten().tolist(), mode="markers", hoverinfo="skip",
+                          marker=dict(size=6, color="rgba(0, 0, 0, 0)"), showlegend=False,
+                          unselected=dict(marker=dict(opacity=0)), selected=dict(marker=dict(opacity=0)))
+        with self.picker.batch_update():
+            self.picker.data = []
+            self.picker.add_trace(go.Image(z=pixels, dx=1 / scale, dy=1 / scale, hoverinfo="skip"))
+            self.picker.add_trace(grid)
+            self.picker.update_xaxes(range=[0, width])
+            self.picker.update_yaxes(range=[height, 0], scaleanchor="x")
+            self.picker.layout.height = round(PICKER_WIDTH * min(height / width, 1.2))
+        self.picker.data[1].on_selection(self._on_selection)
+        self._draw_box()
+
+    def select_box(self, x_range, y_range) -> None:
+        """Make (x_range, y_range), pixels of the photo, the hand's box (the picker's callback)."""
+        (x0, x1), (y0, y1) = sorted(x_range), sorted(y_range)
+        for field, value in zip(self.box, (math.floor(x0), math.floor(y0), math.ceil(x1), math.ceil(y1))):
+            field.value = int(value)
+        self.whole.value = False
+
+    def _on_selection(self, trace, points, selector) -> None:
+        if getattr(selector, "xrange", None) is not None and getattr(selector, "yrange", None) is not None:
+            self.select_box(selector.xrange, selector.yrange)
+
+    def _draw_box(self) -> None:
+        """Draw the typed or dragged box on the picker (nothing for the whole photo)."""
+        if not self.picker.data:
+            return
+        x0, y0, x1, y1 = (field.value for field in self.box)
+        shapes = [] if self.whole.value else [dict(type="rect", x0=x0, y0=y0, x1=x1, y1=y1,
+                                                   line=dict(color="white", width=2, dash="dot"))]
+        self.picker.layout.shapes = shapes
 
     def image(self) -> torch.Tensor:
         """The uploaded photo if there is one, else the one at the path."""
