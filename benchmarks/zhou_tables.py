@@ -46,15 +46,15 @@ TABLE = {"row": "", "dataset": "images", "epe_3d_mm": "3D EPE (mm)", "auc_20_50"
          "fraction_outside": "angles outside limits", "max_excess_degrees": "worst excess (deg)"}
 
 
-def plausibility(prediction) -> dict:
-    """Mean ``pose_implausibility`` of the poses of a ``Prediction`` (empty without a mesh)."""
-    from handlib.models.zhou2020 import pose_implausibility
+def plausibility(poses) -> dict:
+    """The columns "fraction_outside" and "max_excess_degrees" of ``evaluate.pose_plausibility`` of
+    (B, 48) poses (empty for None: a prediction without a mesh)."""
+    from handlib.evaluate import pose_plausibility
 
-    if prediction.mano_pose is None:
+    if poses is None:
         return {}
-    measured = pose_implausibility(prediction.mano_pose)
-    return {"fraction_outside": float(measured["fraction_outside"].mean()),
-            "max_excess_degrees": float(measured["max_excess_degrees"].mean())}
+    measured = pose_plausibility(poses)
+    return {key: measured[key] for key in ("fraction_outside", "max_excess_degrees")}
 
 
 def score_rows(row: str, method, model, config, device="cpu") -> list[dict]:
@@ -65,7 +65,7 @@ def score_rows(row: str, method, model, config, device="cpu") -> list[dict]:
                                                    device)
     synthetic = evaluate.score(prediction, targets, method.alignment)
     rows = [{"row": row, "dataset": "synthetic", **{key: synthetic.get(key) for key in TABLE if key in synthetic},
-             **plausibility(prediction)}]
+             **plausibility(prediction.mano_pose)}]
     rows += [{"row": row, "dataset": real["dataset"], "epe_2d_px": real["epe_2d_px"],
               "epe_procrustes_mm": real["epe_procrustes_mm"]}
              for real in evaluate.score_on_real_samples(row, method, model, config, device)]
@@ -74,16 +74,11 @@ def score_rows(row: str, method, model, config, device="cpu") -> list[dict]:
 
 def true_pose_row(config) -> dict:
     """The plausibility of the test set's true poses: the floor of the column."""
-    import torch
-
+    from handlib.evaluate import dataset_targets
     from handlib.models import zhou2020
-    from handlib.models.zhou2020 import pose_implausibility
 
     test_set = zhou2020.METHOD.test_data(config, config.test_samples)
-    poses = torch.stack([test_set[i]["pose"] for i in range(len(test_set))])
-    measured = pose_implausibility(poses)
-    return {"row": "true poses", "dataset": "synthetic", "fraction_outside": float(measured["fraction_outside"].mean()),
-            "max_excess_degrees": float(measured["max_excess_degrees"].mean())}
+    return {"row": "true poses", "dataset": "synthetic", **plausibility(dataset_targets(test_set, ("pose",))["pose"])}
 
 
 def ablation_rows(profile: str = "full", device="cpu", run_dir=ABLATION_DIR, overrides: dict | None = None,

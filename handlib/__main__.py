@@ -79,32 +79,59 @@ def _evaluate(args):
 def _benchmark(args):
     import json
 
-    from handlib.evaluate import BENCHMARK_COLUMNS, REAL_COLUMNS, benchmark, format_table, real_benchmark
+    from handlib import evaluate
     from handlib.files import atomic_write_text
 
+    names = args.names or None
     if args.real:
-        rows = real_benchmark(profile=args.profile, device=args.device, run_dir=args.run_dir,
-                              peers=not args.no_peers, verbose=True)
+        rows, columns = evaluate.real_benchmark(names, args.profile, args.device, args.run_dir,
+                                                peers=not args.no_peers, baselines=not args.no_baselines,
+                                                verbose=True), evaluate.REAL_COLUMNS
+    elif args.conditions:
+        rows, columns = evaluate.error_by_condition(names, profile=args.profile, device=args.device,
+                                                    run_dir=args.run_dir, num_samples=args.samples or 64,
+                                                    baselines=not args.no_baselines), evaluate.CONDITION_COLUMNS
+        print(evaluate.format_table(rows, columns))
     else:
-        rows = benchmark(profile=args.profile, device=args.device, run_dir=args.run_dir, verbose=True)
+        rows, columns = evaluate.benchmark(args.profile, names, args.device, args.run_dir, verbose=True,
+                                           baselines=not args.no_baselines, peers=not args.no_peers,
+                                           curves=args.json is not None, test_samples=args.samples), \
+            evaluate.BENCHMARK_COLUMNS
     if args.json:
         atomic_write_text(args.json, json.dumps(rows, indent=1, default=str))
         print(f"wrote {args.json}")
     if args.markdown:
-        atomic_write_text(args.markdown, format_table(rows, REAL_COLUMNS if args.real else BENCHMARK_COLUMNS) + "\n")
+        atomic_write_text(args.markdown, evaluate.format_table(rows, columns) + "\n")
         print(f"wrote {args.markdown}")
 
 
 def _predict(args) -> int:
     from handlib import predict
 
-    results, errors = predict.predict_files(args.method, args.images, hand=args.hand, intrinsics=args.intrinsics,
-                                            out=args.out, overlay_dir=args.overlay, checkpoint=args.checkpoint,
-                                            device=args.device, profile=args.profile)
+    names = None if args.method == "all" else [name.strip() for name in args.method.split(",") if name.strip()]
+    if names is not None and len(names) == 1 and args.box is None:
+        results, errors = predict.predict_files(names[0], args.images, hand=args.hand, intrinsics=args.intrinsics,
+                                                out=args.out, overlay_dir=args.overlay, checkpoint=args.checkpoint,
+                                                device=args.device, profile=args.profile)
+    else:                                                     # every method (or several) side by side
+        from handlib.evaluate import trained_models
+        from handlib.registry import get_method, shipped_names
+        from handlib.viz.compare import predict_photo_files
+
+        if args.checkpoint is not None:
+            raise ValueError("--checkpoint: only with one method (it is that method's file)")
+        for name in names or ():
+            get_method(name)                                  # an unknown name: say so, naming the known ones
+        models = trained_models(shipped_names() if names is None else names, args.profile, args.device)
+        missing = [name for name in names or () if name not in models]
+        if missing:
+            raise FileNotFoundError(f"no {args.profile} checkpoint for {', '.join(missing)}")
+        results, errors = predict_photo_files(models, args.images, args.hand, args.box, args.intrinsics, args.out,
+                                              args.overlay)
     for error in errors:
         print(f"error: {error['error']}", file=sys.stderr)
-    print(f"wrote {args.out}: {len(results) - len(errors)} of {len(results)} images predicted"
-          + (f", overlays in {args.overlay}" if args.overlay is not None else ""))
+    print(f"wrote {args.out}: {len(args.images) - len(errors)} of {len(args.images)} images predicted"
+          + (f", pictures in {args.overlay}" if args.overlay is not None else ""))
     return 1 if errors else 0
 
 
@@ -189,25 +216,40 @@ def build_parser() -> argparse.ArgumentParser:
     command.set_defaults(run=_evaluate)
 
     command = commands.add_parser("benchmark", help="evaluate every trained method and variant, one table")
+    command.add_argument("names", nargs="*", help="methods or METHOD:VARIANTs (default: every one with a checkpoint)")
     command.add_argument("--real", action="store_true",
                          help="on the repository's real samples (data/samples), next to two image-free baselines")
+    command.add_argument("--conditions", action="store_true",
+                         help="error by condition: occlusion, viewpoint, resolution, pose kind, distractors "
+                              "(evaluate.CONDITIONS), 64 hands per setting")
+    command.add_argument("--samples", type=int, default=None,
+                         help="images per test set (default: the whole fixed test set; 64 per setting with "
+                              "--conditions)")
     command.add_argument("--profile", choices=PROFILES, default="full", help="whose checkpoints (default full)")
     command.add_argument("--run-dir", type=Path, default=None, help=SHIPPED_HELP)
     command.add_argument("--device", default=None)
-    command.add_argument("--no-peers", action="store_true", help="with --real: leave MediaPipe Hands out")
+    command.add_argument("--no-peers", action="store_true", help="leave MediaPipe Hands out (it runs where the "
+                         "peers extra is installed)")
+    command.add_argument("--no-baselines", action="store_true",
+                         help="leave out the two image-free baselines (crop centre, mean training pose)")
     command.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     command.add_argument("--markdown", type=Path, default=None, help="also write the table to this Markdown file")
     command.set_defaults(run=_benchmark)
 
     command = commands.add_parser("predict", help="predict the 3D hand in your own images (one hand per image)")
-    command.add_argument("method", help="e.g. zimmermann2017 or zimmermann2017:direct")
-    command.add_argument("images", nargs="+", help="photo crops around one hand each (JPEG, PNG; any size)")
+    command.add_argument("method", help="e.g. zimmermann2017 or zimmermann2017:direct; several with commas; "
+                                        "all: every shipped method side by side")
+    command.add_argument("images", nargs="+", help="photos of one hand each, or crops around it (JPEG, PNG; any size)")
+    command.add_argument("--box", nargs=4, type=float, default=None, metavar=("X0", "Y0", "X1", "Y1"),
+                         help="the hand's box in the images' pixels (default: the whole image)")
     command.add_argument("--hand", choices=["left", "right"], required=True, help="which hand the images show")
     command.add_argument("--intrinsics", nargs=4, type=float, default=None, metavar=("FX", "FY", "CX", "CY"),
                          help="the images' camera (pixels of the image): gives the hand in the camera frame; "
                               "without it the hand is root-relative")
     command.add_argument("--out", type=Path, required=True, help="the JSON file to write (one object per image)")
-    command.add_argument("--overlay", type=Path, default=None, help="folder for <stem>_overlay.png pictures")
+    command.add_argument("--overlay", type=Path, default=None,
+                         help="folder for <stem>_overlay.png pictures (<stem>_methods.png, a panel per method, "
+                              "for several methods)")
     command.add_argument("--checkpoint", type=Path, default=None, help="a .pt file (default: the method's own)")
     command.add_argument("--profile", choices=["quick", "full"], default="full",
                          help="whose checkpoint to use when --checkpoint is not given (default: full)")

@@ -1049,3 +1049,139 @@ def check_edge_length_term(edge_length_term) -> None:
     print("edge_length_term: correct (the same as handlib.models.ge2019.edge_length_loss; 0 for the true mesh "
           "turned and moved)")
 
+
+# --------------------------------------------------------------------------------------------
+# Chapter 7: every method side by side (the benchmark)
+# --------------------------------------------------------------------------------------------
+
+def _benchmark_errors(seed: int = 0):
+    """(40, 21) 3D errors in mm, spread over 0..80 mm, NaN where a keypoint is hidden (one keypoint
+    never visible)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    errors = np.abs(rng.normal(25.0, 15.0, (40, 21))) * rng.uniform(0.5, 1.5, (1, 21))
+    errors[rng.random((40, 21)) < 0.15] = np.nan
+    errors[:, 20] = np.nan
+    return errors
+
+
+def check_auc_20_50(auc_20_50) -> None:
+    """Chapter 7, exercise 1: the AUC of the 3D PCK curve between 20 and 50 mm.
+
+    ``auc_20_50(errors_mm)``: errors (N, K) numpy, millimetres, NaN where a keypoint is hidden ->
+    a float in [0, 1]: the area under PCK(t) for t on ``np.linspace(20, 50, 31)`` (trapezoid rule)
+    divided by the width of the range, as ``metrics.pck_auc(errors, 20, 50, 31)``.
+
+    Raises:
+        ExerciseError: what differs, naming the usual mistakes.
+    """
+    import numpy as np
+
+    from handlib.metrics import AUC_RANGE_MM, pck_auc, pck_curve
+
+    errors = _benchmark_errors()
+    expected = pck_auc(errors, *AUC_RANGE_MM)
+    answer = _call(auc_20_50, "auc_20_50", errors.copy())
+    if torch.is_tensor(answer):
+        answer = answer.item()
+    if isinstance(answer, np.ndarray) and answer.size == 1:
+        answer = float(answer)
+    if not isinstance(answer, (int, float, np.floating)):
+        raise ExerciseError(f"auc_20_50 should return one number (a float in [0, 1]), got {type(answer).__name__}")
+    answer = float(answer)
+    if np.isnan(answer):
+        raise ExerciseError("NaN: a keypoint is never visible; compute the PCK with metrics.pck_curve (or your "
+                            "chapter 2 pck), which leaves it out, not with a mean over NaN")
+    thresholds = np.linspace(20, 50, 31)
+    curve = pck_curve(errors, thresholds)
+    wide = np.linspace(0, 50, 51)
+    mistakes = [
+        (float(np.trapezoid(curve, thresholds)), "that is the area in mm (up to 30): divide by the width of the range, "
+                                                 "50 - 20 = 30 mm, so that a perfect method scores 1"),
+        (pck_auc(errors, 0, 50, 51), "the range is 20 to 50 mm, not 0 to 50 (the STB convention the papers report)"),
+        (float(curve.mean()), "you averaged the curve's 31 values; the trapezoid rule gives the two ends half a "
+                              "weight (np.trapezoid(pck, thresholds) / 30)"),
+        (pck_auc(errors * 1000.0, *AUC_RANGE_MM), "units: the errors are millimetres already; thresholds 20..50 "
+                                                  "are millimetres too"),
+        (pck_auc(errors / 1000.0, *AUC_RANGE_MM), "units: the errors are millimetres already; thresholds 20..50 "
+                                                  "are millimetres too"),
+        (float(np.trapezoid(pck_curve(errors, wide), wide) / 50.0), "the range is 20 to 50 mm, not 0 to 50"),
+    ]
+    for wrong, message in mistakes:
+        if abs(answer - wrong) < 1e-9 and abs(wrong - expected) > 1e-9:
+            raise ExerciseError(message)
+    if not 0.0 <= answer <= 1.0:
+        raise ExerciseError(f"{answer:.4f} is not in [0, 1]: the AUC is normalised by the width of the range")
+    if abs(answer - expected) > 1e-6:
+        raise ExerciseError(f"expected {expected:.4f}, got {answer:.4f}: PCK on np.linspace(20, 50, 31) "
+                            "(metrics.pck_curve), then np.trapezoid(pck, thresholds) / (50 - 20)")
+    print(f"auc_20_50: correct ({expected:.4f}, the same as handlib.metrics.pck_auc(errors, 20, 50, 31))")
+
+
+def _procrustes_pairs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(5, 21, 3) predictions and targets (metres): targets are the predictions turned, scaled, moved
+    and noised; the last pair's target is a mirror image (the best orthogonal map is a reflection)."""
+    from handlib.geometry import axis_angle_to_matrix
+
+    generator = torch.Generator().manual_seed(seed)
+    target = _hands(seed)[:4].double()                                                    # (4, 21, 3)
+    target = torch.cat([target, target[:1] * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)])   # mirror
+    turn = axis_angle_to_matrix(torch.randn(5, 3, generator=generator).double())
+    scale = 0.6 + 0.8 * torch.rand(5, 1, 1, generator=generator).double()
+    shift = 0.1 * torch.randn(5, 1, 3, generator=generator).double()
+    noise = 0.004 * torch.randn(5, 21, 3, generator=generator).double()
+    pred = scale * (target + noise) @ turn.transpose(1, 2) + shift
+    pred[4] = _hands(seed)[0].double() @ turn[4].T + shift[4]                      # the un-mirrored hand
+    return pred, target
+
+
+def check_procrustes(procrustes_align) -> None:
+    """Chapter 7, exercise 2: Procrustes alignment (PA-MPJPE's first step).
+
+    ``procrustes_align(pred, target)``: (N, K, 3) twice -> (N, K, 3): each prediction after the
+    similarity transform s R p + t (R a rotation, det R = +1) that brings it closest to its target
+    in the least-squares sense, as ``metrics.align_procrustes``.
+
+    Raises:
+        ExerciseError: what differs, naming the usual mistakes.
+    """
+    from handlib.geometry import procrustes
+    from handlib.metrics import align_procrustes
+
+    pred, target = _procrustes_pairs()
+    expected = align_procrustes(pred, target)
+    answer = _call(procrustes_align, "procrustes_align", pred.clone(), target.clone())
+    answer = _expect_tensor(answer, "procrustes_align", tuple(pred.shape)).double()
+
+    centred_p, centred_q = pred - pred.mean(1, keepdim=True), target - target.mean(1, keepdim=True)
+    u, sigma, vt = torch.linalg.svd(centred_p.transpose(1, 2) @ centred_q)
+    reflection = vt.transpose(1, 2) @ u.transpose(1, 2)                                  # may have det -1
+    s_reflect = sigma.sum(-1) / centred_p.square().sum((1, 2))
+    mirrored = s_reflect[:, None, None] * centred_p @ reflection.transpose(1, 2) + target.mean(1, keepdim=True)
+    _, rotation, _ = procrustes(pred, target, scale=True)
+    norm_ratio = (centred_q.norm(dim=(1, 2)) / centred_p.norm(dim=(1, 2)))[:, None, None]
+    scaled_by_norms = norm_ratio * centred_p @ rotation.transpose(1, 2) + target.mean(1, keepdim=True)
+    _, r_rigid, _ = procrustes(pred, target, scale=False)
+    rigid = centred_p @ r_rigid.transpose(1, 2) + target.mean(1, keepdim=True)
+    mistakes = [
+        (rigid, "the scale is missing: with s = 1 the prediction keeps its own size; estimate s = trace(S D) / "
+                "|p - p_mean|^2 too (FreiHAND's aligned protocol and PA-MPJPE align the scale)"),
+        (mirrored, "one of your R has det(R) = -1: a mirror, not a rotation (the last pair's target is a mirror "
+                   "image). Flip the sign of the last singular direction when det(V U^T) < 0 (Kabsch)"),
+        (scaled_by_norms, "the scale: s = trace(S D) / |p - p_mean|^2 (S the singular values, D the sign "
+                          "correction); the ratio of the point sets' sizes is only right without noise"),
+    ]
+    for wrong, message in mistakes:
+        if torch.allclose(answer, wrong, atol=1e-6) and not torch.allclose(wrong, expected, atol=1e-6):
+            raise ExerciseError(message)
+    if not torch.allclose(answer.mean(1), target.mean(1), atol=1e-6):
+        raise ExerciseError("the aligned prediction's centroid should land on the target's: subtract both "
+                            "centroids before the SVD, and set t = q_mean - s R p_mean")
+    if not torch.allclose(answer, expected, atol=1e-6):
+        worst = (answer - expected).norm(dim=-1).max().item() * 1000.0
+        raise ExerciseError(f"off by up to {worst:.2f} mm from metrics.align_procrustes: centre both, SVD of "
+                            "p_c^T q_c = U S V^T, R = V D U^T with D = diag(1, 1, sign det(V U^T)), "
+                            "s = trace(S D) / |p_c|^2, t = q_mean - s R p_mean")
+    print("procrustes_align: correct (the same as handlib.metrics.align_procrustes; the mirrored pair gets a "
+          "rotation, not a reflection)")

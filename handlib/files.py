@@ -6,6 +6,7 @@ Checkpoints are read with ``torch.load(..., weights_only=True)``, so a file cann
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 from pathlib import Path
@@ -15,6 +16,15 @@ import torch
 
 # The repository's data folder: real samples (tracked), and the generated cache/ and runs/ (ignored).
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+
+def sha256_of(path) -> str:
+    """The sha256 of a file, as 64 hex digits (read in blocks of 1 MiB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager

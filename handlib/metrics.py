@@ -337,7 +337,7 @@ AUC_RANGE_MM = (20.0, 50.0, 31)
 
 
 def benchmark_row(pred_3d, target_3d, pred_2d=None, target_2d=None, visibility_3d=None, visibility_2d=None,
-                  alignment: str = "root") -> dict:
+                  alignment: str = "root", pck_thresholds_mm=None) -> dict:
     """The numbers of one row of the course's benchmark table.
 
     Args:
@@ -347,12 +347,14 @@ def benchmark_row(pred_3d, target_3d, pred_2d=None, target_2d=None, visibility_3
         visibility_3d: (N, 21) keypoints that count in 3D, or None (all).
         visibility_2d: (N, 21) keypoints that count in 2D, or None (all).
         alignment: how the 3D prediction is aligned first, one of ``ALIGNMENTS``.
+        pck_thresholds_mm: (T,) thresholds, millimetres, or None: with them the row has the 3D PCK
+            curve the AUC is the area of, after the same alignment (for a figure of the curves).
 
     Returns:
         dict with ``epe_3d_mm`` (mean 3D EPE after ``alignment``), ``median_3d_mm``,
         ``auc_20_50`` (PCK AUC over ``AUC_RANGE_MM``, after ``alignment``), ``epe_2d_px`` (NaN
         without 2D), ``epe_procrustes_mm`` (after Procrustes alignment with scale), ``alignment``
-        and ``num_samples``.
+        and ``num_samples``; with ``pck_thresholds_mm`` also ``pck_3d``, a list of T fractions.
     """
     target = _as_tensor(target_3d, "target_3d")
     aligned = align(pred_3d, target, alignment, visibility_3d)
@@ -370,4 +372,6 @@ def benchmark_row(pred_3d, target_3d, pred_2d=None, target_2d=None, visibility_3
     }
     if pred_2d is not None and target_2d is not None:
         row["epe_2d_px"] = mean_epe(keypoint_errors(pred_2d, target_2d, visibility_2d))
+    if pck_thresholds_mm is not None:
+        row["pck_3d"] = pck_curve(errors_mm, pck_thresholds_mm).tolist()
     return row

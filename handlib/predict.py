@@ -252,7 +252,7 @@ def _rounded(tensor: torch.Tensor, digits: int) -> list:
     return [[round(float(x), digits) for x in row] for row in tensor.tolist()]
 
 
-def _json_entry(path, hand: dict) -> dict:
+def json_entry(path, hand: dict) -> dict:
     """A hand as JSON: pixels to 1e-4 px, metres to 1e-7 m (0.1 micrometre)."""
     entry = {"image": str(path), "keypoints_2d": _rounded(hand["keypoints_2d"], 4)}
     entry["keypoints_3d"] = None if hand["keypoints_3d"] is None else _rounded(hand["keypoints_3d"], 7)
@@ -308,14 +308,14 @@ def write_overlay(path, image: torch.Tensor, keypoints_2d: torch.Tensor) -> Path
     return path
 
 
-def _overlay_paths(paths, directory) -> list[Path]:
-    """DIR/<stem>_overlay.png per image; a stem seen before gets -2, -3, ... (photos from two folders)."""
+def overlay_paths(paths, directory, suffix: str = "_overlay.png") -> list[Path]:
+    """DIR/<stem><suffix> per image; a stem seen before gets -2, -3, ... (photos from two folders)."""
     seen, result = {}, []
     for path in paths:
         stem = Path(path).stem
         seen[stem] = seen.get(stem, 0) + 1
         name = stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"
-        result.append(Path(directory) / f"{name}_overlay.png")
+        result.append(Path(directory) / f"{name}{suffix}")
     return result
 
 
@@ -371,15 +371,15 @@ def predict_files(method_name: str, paths, hand="right", intrinsics=None, out=No
     hands = predict_images(method, model, config, [images[i] for i in good], [is_right[i] for i in good],
                            intrinsics=[cameras[i] for i in good], batch_size=batch_size) if good else []
     predicted = dict(zip(good, hands))
-    results = [errors[i] if i in errors else _json_entry(path, predicted[i]) for i, path in enumerate(paths)]
+    results = [errors[i] if i in errors else json_entry(path, predicted[i]) for i, path in enumerate(paths)]
     if out is not None:
         write_predictions(out, results)
     if overlay_dir is not None:
-        overlay_paths = _overlay_paths(paths, overlay_dir)
+        pictures = overlay_paths(paths, overlay_dir)
         for i in good:
-            write_overlay(overlay_paths[i], images[i], predicted[i]["keypoints_2d"])
+            write_overlay(pictures[i], images[i], predicted[i]["keypoints_2d"])
     return results, [results[i] for i in sorted(errors)]
 
 
-__all__ = ["BATCH_SIZE", "HANDS", "check_intrinsics", "course_scale_bone_length", "load_model", "predict_files",
-           "predict_images", "write_overlay", "write_predictions"]
+__all__ = ["BATCH_SIZE", "HANDS", "check_intrinsics", "course_scale_bone_length", "json_entry", "load_model",
+           "overlay_paths", "predict_files", "predict_images", "write_overlay", "write_predictions"]

@@ -319,3 +319,50 @@ def test_the_checks_of_chapter_6_pass_the_answer_and_name_typical_mistakes():
     raises(exercises.check_edge_length_term, lambda p, t, e: edge_term(p, t, e).mean(), "shape")
     raises(exercises.check_edge_length_term, lambda p, t, e: (_ for _ in ()).throw(NotImplementedError()),
            "not written yet")
+
+
+def test_the_checks_of_chapter_7_pass_the_answer_and_name_typical_mistakes():
+    """Chapter 7 (the benchmark): the AUC of a PCK curve over 20-50 mm, the Procrustes alignment."""
+    import numpy as np
+
+    from handlib import metrics
+
+    def auc(errors, low=20.0, high=50.0, steps=31, normalise=True, rectangle=False):
+        thresholds = np.linspace(low, high, steps)
+        curve = metrics.pck_curve(errors, thresholds)
+        if rectangle:
+            return float(curve.mean())
+        area = np.trapezoid(curve, thresholds)
+        return float(area / (high - low)) if normalise else float(area)
+
+    def align(pred, target, scale=True, reflections=False, norms=False, centre=True):
+        mean_p, mean_q = pred.mean(1, keepdim=True), target.mean(1, keepdim=True)
+        p, q = (pred - mean_p, target - mean_q) if centre else (pred, target)
+        u, sigma, vt = torch.linalg.svd(p.transpose(1, 2) @ q)
+        sign = torch.sign(torch.linalg.det(vt.transpose(1, 2) @ u.transpose(1, 2)))
+        sign = torch.ones_like(sign) if reflections else sign
+        d = torch.stack([torch.ones_like(sign), torch.ones_like(sign), sign], -1)
+        rotation = vt.transpose(1, 2) @ torch.diag_embed(d) @ u.transpose(1, 2)
+        s = (sigma * d).sum(-1) / p.square().sum((1, 2)) if scale else torch.ones(len(p), dtype=p.dtype)
+        if norms:
+            s = q.norm(dim=(1, 2)) / p.norm(dim=(1, 2))
+        return s[:, None, None] * p @ rotation.transpose(1, 2) + (mean_q if centre else 0)
+
+    exercises.check_auc_20_50(auc)
+    exercises.check_procrustes(align)
+
+    def raises(check, answer, match):
+        with pytest.raises(exercises.ExerciseError, match=match):
+            check(answer)
+
+    raises(exercises.check_auc_20_50, lambda e: auc(e, normalise=False), "divide by the width")
+    raises(exercises.check_auc_20_50, lambda e: auc(e, low=0.0, steps=51), "20 to 50 mm")
+    raises(exercises.check_auc_20_50, lambda e: auc(e, rectangle=True), "trapezoid")
+    raises(exercises.check_auc_20_50, lambda e: auc(e / 1000.0), "units")
+    raises(exercises.check_auc_20_50, lambda e: np.nanmean(e), "not in")
+    raises(exercises.check_auc_20_50, lambda e: (_ for _ in ()).throw(NotImplementedError()), "not written yet")
+    raises(exercises.check_procrustes, lambda p, q: align(p, q, scale=False), "scale is missing")
+    raises(exercises.check_procrustes, lambda p, q: align(p, q, reflections=True), "mirror")
+    raises(exercises.check_procrustes, lambda p, q: align(p, q, norms=True), "the scale")
+    raises(exercises.check_procrustes, lambda p, q: align(p, q, centre=False), "centroid")
+    raises(exercises.check_procrustes, lambda p, q: p[0], "shape")

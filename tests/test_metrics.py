@@ -159,6 +159,11 @@ def test_benchmark_row_in_millimetres_and_pixels():
     thresholds = np.linspace(20, 50, 31)
     expected = np.trapezoid((thresholds >= 35).astype(float), thresholds) / 30      # = 15.5 / 30
     assert row["auc_20_50"] == pytest.approx(expected)
+    # The curve behind the AUC, on other thresholds, after the same alignment: 0 below 34.5 mm, 1 above.
+    row = metrics.benchmark_row(target + torch.tensor([0.0345, 0, 0], dtype=torch.float64), target, alignment="none",
+                                pck_thresholds_mm=(0.0, 34.0, 35.0, 50.0))
+    assert row["pck_3d"] == pytest.approx([0.0, 0.0, 1.0, 1.0])
+    assert "pck_3d" not in metrics.benchmark_row(pred, target, alignment="root")
 
 
 # ---------------------------------------------------------------- errors

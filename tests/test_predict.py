@@ -561,3 +561,19 @@ def test_the_shipped_method_predicts_real_photos_from_the_command_line(tmp_path,
     assert ((keypoints_2d >= 0) & (keypoints_2d <= (width, height))).all()
     assert np.allclose(keypoints_3d[0], 0.0) and 0.02 < np.linalg.norm(keypoints_3d, axis=1).max() < 0.4   # metres
     assert (tmp_path / "overlays" / f"{photos[1].stem}_overlay.png").is_file()
+
+
+def test_several_shipped_methods_side_by_side_on_a_box_of_a_photo(tmp_path, capsys):
+    """``python -m handlib predict A,B PHOTO --box ...``: the notebook's "your own photo" from the shell."""
+    photo = SAMPLES / "panoptic" / "005880453_01_r.jpg"
+    out, pictures = tmp_path / "answers.json", tmp_path / "pictures"
+    assert main(["predict", "zimmermann2017,zimmermann2017:direct", str(photo), "--hand", "right", "--box", "713",
+                 "294", "829", "410", "--out", str(out), "--overlay", str(pictures), "--device", "cpu"]) == 0
+    entries = json.loads(out.read_text())
+    assert [entry["method"] for entry in entries] == ["zimmermann2017", "zimmermann2017:direct"]
+    for entry in entries:
+        keypoints_2d = np.array(entry["keypoints_2d"])
+        assert ((keypoints_2d >= (713 - 60, 294 - 60)) & (keypoints_2d <= (829 + 60, 410 + 60))).all()  # near the box
+    assert (pictures / f"{photo.stem}_methods.png").is_file()
+    assert main(["predict", "zimmermann2017,nope", str(photo), "--hand", "right", "--out", str(out)]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err

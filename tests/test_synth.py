@@ -424,6 +424,23 @@ def test_distractors_knob():
         assert torch.equal(none[key], some[key]), key
 
 
+def test_two_hands_knob_puts_the_other_hand_over_the_hand():
+    kw = dict(seed=8, image_size=SIZE, occlusion=0.0, return_layers=True)
+    one, two = synth.render_batch(16, **kw), synth.render_batch(16, two_hands=1.0, **kw)
+    for key in ("keypoints_3d", "keypoints_2d", "K", "pose"):
+        assert torch.equal(one[key], two[key]), key  # the same labelled hands and cameras
+    other = two["distractor_mask"] > 0
+    assert other.flatten(1).any(1).all()  # the other hand is in every picture
+    centre = other[:, SIZE // 4: 3 * SIZE // 4, SIZE // 4: 3 * SIZE // 4].flatten(1).float().mean(1)
+    assert (centre > 0.05).float().mean() >= 0.75  # over the middle of the crop, not at its edge
+    # It is nearer than the hand in places: it covers hand pixels and hides keypoints.
+    assert ((one["mask"] > 0) & (two["mask"] == 0)).flatten(1).any(1).float().mean() >= 0.5
+    assert two["visibility"].mean() < one["visibility"].mean() - 0.05
+    # At 0 the knob renders as before it existed, and the caches' fingerprints do not change.
+    assert "two_hands" not in synth.make_config().to_json()
+    assert torch.equal(one["image"], synth.render_batch(16, two_hands=0.0, **kw)["image"])
+
+
 def test_held_out_appearance_keeps_hands_and_cameras_but_not_looks():
     kw = dict(seed=9, split="test", image_size=SIZE)
     train, held = synth.render_batch(8, appearance="train", return_layers=True, **kw), \

@@ -43,7 +43,8 @@ rendered alone or in any batch, in any worker, in any order; the batch only make
 
 Knobs for the challenges of chapter 0: ``occlusion`` (0 none .. 1 heavy), ``image_size``,
 ``viewpoint`` ("any", "palm_towards", "palm_away"), ``pose_kind`` (a grasp of the prior or
-"mixture"), ``hand_side`` ("right"; "left" or "both" mirror samples with ``mirror_sample``).
+"mixture"), ``hand_side`` ("right"; "left" or "both" mirror samples with ``mirror_sample``),
+``two_hands`` (the other hand interacting with the labelled one: chapter 7's two-hand demo).
 Knobs for the synthetic-to-real gap (engine version 2; each can be turned off, ``SynthConfig``):
 ``forearm``, ``sleeve``, ``skin_detail``, ``background``, ``distractors``, ``lighting``,
 ``appearance``. The v1 look: ``forearm=0, skin_detail=0, distractors=0, background="procedural",
@@ -165,6 +166,11 @@ class SynthConfig:
             nails, blotchy tone, darkening in concave parts (0: the v1 smooth skin).
         distractors: 0..1, the probability of a skin-coloured distractor behind the hand: a
             second (mirrored, partial) hand rendered from the same model, a face or an arm.
+        two_hands: 0..1, the probability that the other hand (a mirrored one: a left hand beside
+            a right) interacts with the hand: it overlaps the crop's centre, its centre a few
+            centimetres in front of or behind the hand's, and hides keypoints where it is nearer.
+            It takes the place of a distractor in that sample. 0 (the default) renders exactly as
+            before the knob existed.
         lighting: "multi" (a key light, a fill light of another colour, sometimes a rim light
             from behind; a wide exposure range) or "single" (the v1 single light and exposure).
         appearance: "train" or "held_out": held-out appearance families that "train" never draws
@@ -189,6 +195,7 @@ class SynthConfig:
     distractors: float = 0.3
     lighting: str = "multi"
     appearance: str = "train"
+    two_hands: float = 0.0
 
     def validate(self) -> "SynthConfig":
         """Raise ValueError naming the first bad knob; return self."""
@@ -212,7 +219,7 @@ class SynthConfig:
             raise ValueError(f"jitter: expected a fraction in [0, 0.5], got {self.jitter!r}")
         if self.background not in BACKGROUNDS:
             raise ValueError(f"background: expected one of {BACKGROUNDS}, got {self.background!r}")
-        for name in ("forearm", "sleeve", "skin_detail", "distractors"):
+        for name in ("forearm", "sleeve", "skin_detail", "distractors", "two_hands"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:  # True / False: 1 / 0
                 raise ValueError(f"{name}: expected a number in [0, 1] (a probability or strength; 0 turns it off), "
@@ -225,9 +232,12 @@ class SynthConfig:
         return self
 
     def to_json(self) -> str:
-        """The knobs as canonical JSON (for cache fingerprints)."""
-        return json.dumps({key: list(v) if isinstance(v, tuple) else v for key, v in asdict(self).items()},
-                          sort_keys=True)
+        """The knobs as canonical JSON (for cache fingerprints). A knob added after ENGINE_VERSION 2
+        is left out at its default (which renders as before it existed), so the caches stay valid."""
+        knobs = {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(self).items()}
+        if knobs["two_hands"] == 0:
+            del knobs["two_hands"]
+        return json.dumps(knobs, sort_keys=True)
 
 
 def make_config(config: SynthConfig | None = None, **knobs) -> SynthConfig:
@@ -1318,14 +1328,21 @@ class _DistractorLayer:
 def _distractors(draws: _Draws, config, indices, seed, split, betas, arm: _Forearm, tone, middle, side, joints, K,
                  lights, light_colors, light_weights, ambient, specular, skin, hand: _Hand, size) -> _DistractorLayer:
     """A second hand (the other hand: mirrored, with the same skin, forearm and sleeve) partly in
-    the crop, behind the hand; or a face or an arm painted into the background."""
+    the crop, behind the hand; or a face or an arm painted into the background. With ``two_hands``
+    the other hand interacts instead: over the crop's centre, a few centimetres in front or behind.
+
+    The interacting hand reuses the draws of the one behind (mapped to nearer ranges), so the knob
+    at 0 leaves every other sample's picture bit-identical."""
     batch = len(indices)
-    present = draws.uniform(1)[:, 0] < config.distractors
-    is_hand = draws.uniform(1)[:, 0] < 0.6
-    mirrored = draws.uniform(1)[:, 0] < 0.7
+    chance = draws.uniform(1)[:, 0]
+    interacting = chance < config.two_hands
+    present = interacting | (chance < config.distractors)
+    is_hand = (draws.uniform(1)[:, 0] < 0.6) | interacting
+    mirrored = (draws.uniform(1)[:, 0] < 0.7) | interacting
     around = draws.uniform(1, high=2 * math.pi)[:, 0]
     reach = draws.uniform(1, low=0.5, high=1.1)[:, 0]  # from the crop's centre, in half sides
     behind = draws.uniform(1, low=0.03, high=0.2)[:, 0]
+    reach = torch.where(interacting, 0.1 + (reach - 0.5) * (0.4 / 0.6), reach)  # 0.1 to 0.5 half sides
     bend = draws.uniform(2, low=-1.0, high=1.0) * math.radians(20)
     hand_rows = (present & is_hand).nonzero().flatten()
     skin_rows = (present & ~is_hand).nonzero().flatten()
@@ -1342,8 +1359,12 @@ def _distractors(draws: _Draws, config, indices, seed, split, betas, arm: _Forea
         other_joints = out.joints * torch.cat([flip, torch.ones_like(flip), torch.ones_like(flip)], -1)
         rotation = axis_angle_to_matrix(orientations.double())
         rotation = rotation * torch.cat([flip, torch.ones_like(flip), torch.ones_like(flip)], 1)  # mirror its axes too
-        # Place it behind the hand, its centre `reach` half-sides from the crop's centre.
+        # Place it behind the hand (its nearest point `behind` beyond the hand's farthest joint), or
+        # interacting (its centre within 4 cm of the hand's, in front or behind), its centre `reach`
+        # half-sides from the crop's centre.
         z = joints[hand_rows, :, 2].amax(1) + behind[hand_rows] + (other_joints[..., 2].mean(1) - vertices[..., 2].amin(1))
+        near = joints[hand_rows, :, 2].mean(1) + (behind[hand_rows] - 0.03) * (0.08 / 0.17) - 0.04
+        z = torch.where(interacting[hand_rows], near, z)
         towards = torch.stack([torch.cos(around[hand_rows]), torch.sin(around[hand_rows])], -1)
         centre_2d = middle[hand_rows].double() + 0.5 * side[hand_rows, None].double() * reach[hand_rows, None] * towards
         target = torch.cat([centre_2d * z[:, None], z[:, None]], 1)

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from handlib.files import DATA_DIR, atomic_path
+from handlib.files import DATA_DIR, atomic_path, sha256_of
 from handlib.methods import Prediction
 from handlib.skeleton import NUM_KEYPOINTS, WRIST, to_course_order
 
@@ -79,15 +79,6 @@ FILL = "edge"
 # --------------------------------------------------------------------------------------------
 # The model file and the package: find them, check them, fetch the file
 # --------------------------------------------------------------------------------------------
-
-def sha256_of(path) -> str:
-    """The sha256 of a file, as 64 hex digits."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def resolve_model_path(path=None) -> Path:
     """The hand model file to use, checked: ``path``, else ``$HANDLIB_MEDIAPIPE_TASK``, else

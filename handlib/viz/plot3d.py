@@ -198,6 +198,18 @@ def hand_figure(vertices=None, faces=None, joints=None, *, colors=None, labels: 
     return _layout((go.FigureWidget if widget else go.Figure)(data=traces), title, height, view)
 
 
+def _screen_axes(view: str) -> tuple[np.ndarray, np.ndarray]:
+    """The (3,) unit vectors of a view's screen: up, and across (up x out of the screen), along which
+    ``hand_row_figure`` and ``hand_comparison_figure`` lay their hands side by side."""
+    if view not in VIEWS:
+        raise ValueError(f"view: expected one of {tuple(VIEWS)}, got {view!r}")
+    camera = VIEWS[view]
+    up = np.array([camera["up"][a] for a in "xyz"], dtype=np.float32)
+    eye = np.array([camera["eye"][a] for a in "xyz"], dtype=np.float32)
+    across = np.cross(up, eye)
+    return up, across / np.linalg.norm(across)
+
+
 def hand_row_figure(vertices, faces, *, joints=None, labels=None, colors=None, spacing: float | None = None,
                     title: str | None = None, height: int = 360, view: str = "model", **mesh_options) -> go.Figure:
     """Several hands side by side in one 3D scene, to compare them (shapes, poses, fits).
@@ -222,18 +234,11 @@ def hand_row_figure(vertices, faces, *, joints=None, labels=None, colors=None, s
     vertices = _float32(vertices, "vertices", (None, None, 3))
     if joints is not None:
         joints = _float32(joints, "joints", (len(vertices), NUM_KEYPOINTS, 3))
-    if view not in VIEWS:
-        raise ValueError(f"view: expected one of {tuple(VIEWS)}, got {view!r}")
     if labels is not None and len(labels) != len(vertices):
         raise ValueError(f"labels: expected {len(vertices)} strings, got {len(labels)}")
     if colors is not None and len(colors) != len(vertices):
         raise ValueError(f"colors: expected {len(vertices)} colourings, got {len(colors)}")
-    # The screen's horizontal axis: up x (out of the screen) for each view.
-    camera = VIEWS[view]
-    up = np.array([camera["up"][a] for a in "xyz"], dtype=np.float32)
-    eye = np.array([camera["eye"][a] for a in "xyz"], dtype=np.float32)
-    across = np.cross(up, eye)
-    across /= np.linalg.norm(across)
+    up, across = _screen_axes(view)
     extent = (vertices @ across).max(1) - (vertices @ across).min(1)
     spacing = float(1.2 * extent.max()) if spacing is None else spacing
     offsets = (np.arange(len(vertices)) - (len(vertices) - 1) / 2)[:, None] * spacing * across  # (N, 3)
@@ -254,6 +259,55 @@ def hand_row_figure(vertices, faces, *, joints=None, labels=None, colors=None, s
                                    textfont=dict(size=13, color="black")))
     # The scene is N hands wide: move the eye closer so that the hands fill the figure's width.
     return _layout(go.Figure(data=traces), title, height, view, zoom=1.0 if len(vertices) == 1 else 1.5)
+
+
+def hand_comparison_figure(joints, labels, vertices=None, faces=None, *, spacing: float = 0.22,
+                           title: str | None = None, height: int = 380, view: str = "camera",
+                           widget: bool = False) -> go.Figure:
+    """Several answers for one hand side by side in one 3D scene: each a skeleton, with its mesh where
+    it has one (methods differ: some give keypoints only).
+
+    Args:
+        joints: list of N (21, 3) keypoints, metres, root-relative (wrist at the origin), camera axes.
+        labels: N strings written above the hands (e.g. the methods' names).
+        vertices: None, or a list of N (V, 3) meshes (metres, same frame) or None where a hand has none.
+        faces: (F, 3) triangles of the meshes (needed when a mesh is given).
+        spacing: distance between neighbouring wrists along the screen's horizontal axis, metres.
+        title: figure title.
+        height: figure height, pixels.
+        view: "camera" (the photo's camera: x right, y down), "model" or "side" (see ``hand_figure``).
+        widget: return a ``go.FigureWidget`` (the user turns the view with the mouse; ``set_hand_data``
+            does not apply: there are several hands).
+
+    Returns:
+        go.Figure (or FigureWidget): a Mesh3d "mesh <label>" per mesh, five finger polylines
+        "<label> thumb" ... per hand, and a text trace "titles".
+    """
+    joints = [_float32(j, "joints", (NUM_KEYPOINTS, 3)) for j in joints]
+    labels = [str(label) for label in labels]
+    if len(labels) != len(joints):
+        raise ValueError(f"labels: expected {len(joints)} strings, got {len(labels)}")
+    vertices = [None] * len(joints) if vertices is None else list(vertices)
+    if len(vertices) != len(joints):
+        raise ValueError(f"vertices: expected a list of {len(joints)} meshes (or None), got {len(vertices)}")
+    if any(v is not None for v in vertices) and faces is None:
+        raise ValueError("faces: needed to draw the meshes (e.g. ManoLayer().faces)")
+    up, across = _screen_axes(view)
+    offsets = (np.arange(len(joints)) - (len(joints) - 1) / 2)[:, None] * spacing * across      # (N, 3)
+    traces, anchors = [], []
+    for n, (points, mesh, label) in enumerate(zip(joints, vertices, labels)):
+        shift = offsets[n] - points[0]                                                          # wrist to its slot
+        if mesh is not None:
+            mesh = _float32(mesh, "vertices", (None, 3)) + shift
+            traces.append(hand_mesh_trace(mesh, faces, name=f"mesh {label}", opacity=0.45))
+        traces += skeleton_traces(points + shift, name_prefix=f"{label} ")
+        top = max(float(((points + shift) @ up).max()), float((mesh @ up).max()) if mesh is not None else -np.inf)
+        anchors.append(offsets[n] + (top - float(offsets[n] @ up) + 0.03) * up)
+    anchors = np.asarray(anchors, dtype=np.float32)
+    traces.append(go.Scatter3d(x=anchors[:, 0], y=anchors[:, 1], z=anchors[:, 2], mode="text", text=labels,
+                               name="titles", hoverinfo="skip", textfont=dict(size=12, color="black")))
+    figure = (go.FigureWidget if widget else go.Figure)(data=traces)
+    return _layout(figure, title, height, view, zoom=1.0 if len(joints) == 1 else 1.5)
 
 
 def set_hand_data(figure: go.Figure, vertices=None, joints=None) -> None:
@@ -294,7 +348,8 @@ def mesh_vertices(figure: go.Figure) -> np.ndarray:
     return np.stack([np.asarray(mesh.x), np.asarray(mesh.y), np.asarray(mesh.z)], axis=1).astype(np.float32)
 
 
-__all__ = ["FINGER_PATHS", "SKIN_COLOR", "UIREVISION", "VIEWS", "WRIST_COLOR", "hand_figure", "hand_mesh_trace",
+__all__ = ["FINGER_PATHS", "SKIN_COLOR", "UIREVISION", "VIEWS", "WRIST_COLOR", "hand_comparison_figure",
+           "hand_figure", "hand_mesh_trace",
            "hand_row_figure", "joint_label_trace", "mesh_vertices", "set_hand_data", "skeleton_traces"]
 
 
