@@ -220,8 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--real", action="store_true",
                          help="on the repository's real samples (data/samples), next to two image-free baselines")
     command.add_argument("--conditions", action="store_true",
-                         help="error by condition: occlusion, viewpoint, resolution, pose kind, distractors "
-                              "(evaluate.CONDITIONS), 64 hands per setting")
+                         help="error by condition: occlusion, viewpoint, resolution, pose kind, distractors, "
+                              "two hands (evaluate.CONDITIONS), 64 hands per setting")
     command.add_argument("--samples", type=int, default=None,
                          help="images per test set (default: the whole fixed test set; 64 per setting with "
                               "--conditions)")
