@@ -21,8 +21,9 @@ on 24 576 hands, about 50 minutes an arm on a core; 400 steps show nothing yet, 
     .venv/bin/python benchmarks/domain_gap.py --arms "full recipe" \
         --checkpoint "shipped backbone=handlib/assets/checkpoints/backbone-full.pt"   # and a trained one
 
-Runs resume (``data/runs/domain_gap/``); the table is printed and written to
-``data/results/domain_gap.json``, which chapter 0 shows.
+Runs resume (``data/runs/domain_gap/``); the table is printed and merged into
+``data/results/domain_gap.json`` (a row replaces the stored row of the same arm and steps; the
+others stay), which chapter 0 shows.
 """
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def score_checkpoint(checkpoint) -> dict:
     from handlib.models.backbone import METHOD
 
     method, model, config = load_model(METHOD, "full", checkpoint)
-    row = {"synthetic_px": evaluate.evaluate_model(method, model, config, synthetic_test_set(config, 512))["epe_2d_px"]}
+    row = {"steps": config.steps, "synthetic_px": evaluate.evaluate_model(method, model, config, synthetic_test_set(config, 512))["epe_2d_px"]}
     proxy = synth.cached_test_set(512, image_size=config.image_size, cache_dir=CACHE_DIR,
                                   config=synth.make_config(appearance="held_out"), progress=False)
     row["proxy_px"] = evaluate.evaluate_model(method, model, config, proxy)["epe_2d_px"]
@@ -149,6 +150,7 @@ def main() -> None:
         return
 
     from handlib.evaluate import format_table
+    from handlib.files import atomic_write_text
     from handlib.methods import synthetic_training_set
 
     arms = [arm.strip() for arm in args.arms.split(",")]
@@ -180,14 +182,19 @@ def main() -> None:
     for item in args.checkpoint:
         name, _, path = item.partition("=")
         rows.append({"arm": name, "change": f"the checkpoint {path}", **score_checkpoint(path)})
-    rows += baseline_rows()
-    print(f"2D error (px of a 128 px crop), backbone trained {args.steps} steps x 32 on "
-          f"{args.train_samples} rendered hands per arm")
-    print(format_table(rows, COLUMNS))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"steps": args.steps, "batch_size": 32, "train_samples": args.train_samples,
-                                   "rows": rows}, indent=1))
+    rows = merged_rows(json.loads(RESULTS.read_text())["rows"] if RESULTS.is_file() else [], rows + baseline_rows())
+    print(f"2D error (px of a 128 px crop); arms trained --steps steps x 32 on {args.train_samples} rendered hands")
+    print(format_table(rows, {"arm": "arm", "steps": "steps", **COLUMNS}))
+    atomic_write_text(RESULTS, json.dumps({"batch_size": 32, "rows": rows}, indent=1))
     print(f"wrote {RESULTS}")
+
+
+def merged_rows(stored: list[dict], new: list[dict]) -> list[dict]:
+    """The stored table with ``new`` rows in place of those of the same arm and steps (the baselines:
+    of the same arm), ordered by steps, the baselines last."""
+    replaced = {(row["arm"], row.get("steps")) for row in new}
+    rows = [row for row in stored if (row["arm"], row.get("steps")) not in replaced] + new
+    return sorted(rows, key=lambda row: (row.get("steps") is None, row.get("steps") or 0))
 
 
 if __name__ == "__main__":
