@@ -359,6 +359,23 @@ def test_the_2d_fit_column_is_mano_fit_on_the_detected_keypoints(flat_layer):
         bk.fit_detected_keypoints(detector, {**batch, "K": torch.full_like(batch["K"], math.nan)}, flat_layer)
 
 
+def test_the_2d_fit_of_another_detector_leaves_a_crop_without_an_answer_unanswered(flat_layer):
+    """MediaPipe's keypoints are NaN where it found no hand: that crop is not fitted, the others are."""
+    from handlib.mano.fit import fit_to_keypoints_2d
+
+    batch = default_collate(hand_samples(flat_layer, count=3, size=64))
+    detections = batch["keypoints_2d"].clone()
+    detections[1] = math.nan                                                 # no hand found in crop 1
+    options = dict(steps=20, num_starts=4, seed=3)
+    prediction = bk.fit_to_detections(detections, batch["K"], flat_layer, **options)
+    assert prediction.answered().tolist() == [True, False, True]
+    assert torch.isnan(prediction.vertices[1]).all() and torch.isnan(prediction.mano_pose[1]).all()
+    reference = fit_to_keypoints_2d(flat_layer, detections[[0, 2]], batch["K"][[0, 2]], **options)
+    assert torch.allclose(prediction.keypoints_3d[[0, 2]], reference.output.joints, atol=1e-6)
+    torch.testing.assert_close(prediction.extras["detected"], detections, equal_nan=True)
+    with pytest.raises(ValueError, match="keypoints_2d"):
+        bk.fit_to_detections(detections[..., :1], batch["K"], flat_layer)
+
 # ---------------------------------------------------------------- the method
 
 def test_the_method_and_its_variants():
