@@ -148,6 +148,10 @@ def test_draw_mesh_2d_draws_every_triangle_and_checks_the_faces(hand):
     fig, ax = plt.subplots()
     triangles = draw_mesh_2d(ax, vertices[:, :2] * 1000, faces)
     assert len(triangles.get_paths()) == len(faces)
+    assert len(triangles.get_facecolors()) == 0 and len(triangles.get_edgecolors()) == 1       # edges only
+    silhouette = draw_mesh_2d(ax, vertices[:, :2] * 1000, faces, color="tab:blue", alpha=1.0, filled=True)
+    np.testing.assert_allclose(silhouette.get_facecolors()[0], matplotlib.colors.to_rgba("tab:blue"))
+    assert len(silhouette.get_edgecolors()) == 0                                                # no edges
     with pytest.raises(ValueError, match="vertex indices"):
         draw_mesh_2d(ax, vertices[:10, :2], faces)
     with pytest.raises(ValueError, match="faces"):
