@@ -7,9 +7,10 @@ fit to OpenPose's), through the crop's camera (a nominal one where a sample has 
 MediaPipe extra is installed (``handlib.peers``), the same fit to MediaPipe Hands' 2D keypoints
 (``boukhayma2019.fit_to_detections``; a crop where MediaPipe finds no hand is not answered, and the
 rows say how many were), with the backbone's 2D fit again on the crops MediaPipe answered only, so
-that the two detectors' fits compare on the same hands. Each is scored with the course's metric code on the fixed synthetic test set
-(3D EPE after the true root and its AUC over 20-50 mm, 2D reprojection error, mesh error after
-Procrustes) and on the repository's real samples (2D EPE, Procrustes-aligned 3D error).
+that the two detectors' fits compare on the same hands. Each is scored with the course's metric code
+on the fixed synthetic test set (3D EPE after the true root and its AUC over 20-50 mm, 2D
+reprojection error, mesh error after Procrustes) and on the repository's real samples (2D EPE,
+Procrustes-aligned 3D error).
 
 **Loss ablation**: the full loss, and without L_mask, without L_reg, without L_3D, and with the
 soft silhouette as the mask term (variants ``no_mask``, ``no_reg``, ``no_3d``, ``silhouette``), each
@@ -150,7 +151,7 @@ def column_rows(profile: str = "full", device="cpu", run_dir=None, fit_samples: 
                        test_samples=fit_samples)
     print(f"{FIT_COLUMN}: done", file=sys.stderr)
     reason = unavailable_reason()
-    if reason is None:                      # nn.Identity: predict_dataset puts a model in eval mode; MediaPipe is none
+    if reason is None:              # nn.Identity: predict_dataset puts its model in eval mode, and MediaPipe is not one
         rows += score_rows(MEDIAPIPE_FIT_COLUMN, method, nn.Identity(), config, device,
                            predict=_mediapipe_fit_predict, test_samples=fit_samples)
         rows += score_rows(MEDIAPIPE_CROPS_COLUMN, method, detector, config, device,
