@@ -359,6 +359,24 @@ def test_the_2d_fit_column_is_mano_fit_on_the_detected_keypoints(flat_layer):
         bk.fit_detected_keypoints(detector, {**batch, "K": torch.full_like(batch["K"], math.nan)}, flat_layer)
 
 
+
+def test_the_2d_fit_of_another_detector_leaves_a_crop_without_an_answer_unanswered(flat_layer):
+    """MediaPipe's keypoints are NaN where it found no hand: that crop is not fitted, the others are."""
+    from handlib.mano.fit import fit_to_keypoints_2d
+
+    batch = default_collate(hand_samples(flat_layer, count=3, size=64))
+    detections = batch["keypoints_2d"].clone()
+    detections[1] = math.nan                                                 # no hand found in crop 1
+    options = dict(steps=20, num_starts=4, seed=3)
+    prediction = bk.fit_to_detections(detections, batch["K"], flat_layer, **options)
+    assert prediction.answered().tolist() == [True, False, True]
+    assert torch.isnan(prediction.vertices[1]).all() and torch.isnan(prediction.mano_pose[1]).all()
+    reference = fit_to_keypoints_2d(flat_layer, detections[[0, 2]], batch["K"][[0, 2]], **options)
+    assert torch.allclose(prediction.keypoints_3d[[0, 2]], reference.output.joints, atol=1e-6)
+    torch.testing.assert_close(prediction.extras["detected"], detections, equal_nan=True)
+    with pytest.raises(ValueError, match="keypoints_2d"):
+        bk.fit_to_detections(detections[..., :1], batch["K"], flat_layer)
+
 # ---------------------------------------------------------------- the method
 
 def test_the_method_and_its_variants():
@@ -412,18 +430,26 @@ def test_the_method_trains_through_the_loop(tmp_path, monkeypatch, variant):
     assert result.metrics["epe_3d_mm"] > 0 and 0 <= result.metrics["auc_20_50"] <= 1
 
 
-def test_the_tables_harness_trains_the_ablation_and_scores_every_row(tmp_path, monkeypatch):
-    """benchmarks/boukhayma_tables.py: every ablation arm trains (tiny) and is scored on the synthetic
-    test set and the real samples; the 2D-fit column scores a fit to a detector's keypoints."""
+@pytest.fixture(scope="module")
+def harness():
+    """benchmarks/boukhayma_tables.py, imported as a module."""
     import importlib.util
     from pathlib import Path
 
-    from handlib import methods
-
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "boukhayma_tables.py"
     spec = importlib.util.spec_from_file_location("boukhayma_tables", path)
-    harness = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(harness)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_tables_harness_trains_the_ablation_and_scores_every_row(tmp_path, monkeypatch, harness):
+    """benchmarks/boukhayma_tables.py: every ablation arm trains (tiny) and is scored on the synthetic
+    test set and the real samples; the 2D-fit column scores a fit to a detector's keypoints; the
+    pictures pick one crop per arm and store parameters that redraw each arm's hand."""
+    from handlib import methods
+    from handlib.checkpoints import load_model
+
     for name in [*harness.COLUMNS.values(), *harness.ABLATION.values()]:
         get_method(name)                                                     # every row is a registered name
     monkeypatch.setattr(methods, "CACHE_DIR", tmp_path / "cache")
@@ -433,8 +459,42 @@ def test_the_tables_harness_trains_the_ablation_and_scores_every_row(tmp_path, m
     synthetic = [row for row in rows if row["dataset"] == "synthetic"]
     assert [row["row"] for row in synthetic] == list(harness.ABLATION)
     assert all(row["num_samples"] == 4 and row["epe_3d_mm"] > 0 and row["mesh_error_mm"] > 0 for row in synthetic)
+    assert all(0 <= row["auc_20_50"] <= 1 for row in synthetic)
     real = [row for row in rows if row["dataset"] != "synthetic"]
     assert len(real) == 4 * len(harness.ABLATION) and all(row["epe_2d_px"] > 0 for row in real)
     method, model, config = bk.METHOD, build(), small_config(test_samples=2)
     fit = harness.score_rows(harness.FIT_COLUMN, method, model.encoder, config, predict=harness._fit_predict)
     assert fit[0]["dataset"] == "synthetic" and fit[0]["epe_3d_mm"] > 0 and fit[0]["mesh_error_mm"] > 0
+
+    pictures = harness.arm_pictures("quick", run_dir=tmp_path / "runs")
+    assert [crop["arm"] for crop in pictures["crops"]] == list(harness.PICTURES)
+    assert sorted(crop["index"] for crop in pictures["crops"]) == [0, 1, 2, 3]         # one crop per arm
+    assert set(pictures["means"]) == set(harness.ABLATION) and pictures["test_samples"] == 4
+    _, model, config = load_model("boukhayma2019:no_reg", "quick", run_dir=tmp_path / "runs", device="cpu")
+    crop = pictures["crops"][1]
+    with torch.no_grad():
+        answer = model(bk.METHOD.test_data(config)[crop["index"]]["image"][None])
+        redrawn = model.hand(torch.tensor([crop["parameters"]["without L_reg"]]))
+    assert len(crop["parameters"]["without L_reg"]) == 6 + bk.NUM_PCA_COMPONENTS + 10
+    assert torch.allclose(redrawn["keypoints_2d"], answer["keypoints_2d"], atol=0.2)                 # pixels
+    assert torch.allclose(redrawn["vertices"], answer["vertices"], atol=2e-3)                        # metres
+
+
+def test_the_mediapipe_row_fits_the_crops_mediapipe_answered(monkeypatch, harness, flat_layer):
+    """The "2D fit (MediaPipe keypoints)" row: MediaPipe's keypoints (here a stand-in that finds the hand
+    in the first crop only) fitted as the 2D fit; the crop without an answer stays unanswered."""
+    from handlib import evaluate, peers
+
+    batch = default_collate(hand_samples(flat_layer, count=2, size=64))
+
+    def first_crop_only(images, is_right=None):
+        keypoints = torch.full((len(images), 21, 2), math.nan)
+        keypoints[0] = batch["keypoints_2d"][0]
+        return Prediction(keypoints_2d=keypoints)
+
+    monkeypatch.setattr(peers, "mediapipe_hands", first_crop_only)
+    prediction = harness._mediapipe_fit_predict(None, batch, None)
+    assert prediction.answered().tolist() == [True, False]
+    assert float(prediction.extras["reprojection_error_2d"][0]) < 3.0                         # pixels
+    row = evaluate.score(prediction, {key: batch[key] for key in evaluate.TARGET_KEYS})
+    assert (row["num_samples"], row["num_answered"]) == (2, 1) and row["epe_2d_px"] < 3.0

@@ -109,6 +109,12 @@ def test_static_picture_draws_every_triangle_from_the_figures_camera(hand):
         assert len(polygons) == 1 and len(polygons[0].get_paths()) == layer.faces.shape[0]
         assert len(ax.lines) == len(FINGERS) and ax.get_title() == "t"
         plt.close("all")
+    # a mesh's colour scale is the figure's: one skin colour (the explorer's start) stays skin, not viridis
+    skin = [[0, SKIN_COLOR], [1, SKIN_COLOR]]
+    figure = hand_figure(vertices, layer.faces, colors=np.zeros(len(vertices)), colorscale=skin)
+    colours = static_picture(figure, light=0.0).collections[0].get_facecolors()[:, :3]
+    np.testing.assert_allclose(colours, np.broadcast_to(matplotlib.colors.to_rgb(SKIN_COLOR), colours.shape), atol=1e-6)
+    plt.close("all")
     # the camera view looks along +z with y down: a point's screen x is its x, its screen y is -y
     figure = hand_figure(joints=joints, view="camera", labels=False)
     ax = static_picture(figure)
@@ -142,6 +148,10 @@ def test_draw_mesh_2d_draws_every_triangle_and_checks_the_faces(hand):
     fig, ax = plt.subplots()
     triangles = draw_mesh_2d(ax, vertices[:, :2] * 1000, faces)
     assert len(triangles.get_paths()) == len(faces)
+    assert len(triangles.get_facecolors()) == 0 and len(triangles.get_edgecolors()) == 1       # edges only
+    silhouette = draw_mesh_2d(ax, vertices[:, :2] * 1000, faces, color="tab:blue", alpha=1.0, filled=True)
+    np.testing.assert_allclose(silhouette.get_facecolors()[0], matplotlib.colors.to_rgba("tab:blue"))
+    assert len(silhouette.get_edgecolors()) == 0                                                # no edges
     with pytest.raises(ValueError, match="vertex indices"):
         draw_mesh_2d(ax, vertices[:10, :2], faces)
     with pytest.raises(ValueError, match="faces"):
@@ -196,6 +206,33 @@ def test_slider_moves_the_mesh_and_reset_restores_it(explorer):
     explorer.reset()
     np.testing.assert_allclose(explorer.vertices(), rest, atol=1e-7)
 
+
+
+def test_explorer_opens_on_a_given_hand_and_reset_returns_to_it(random_mano_file):
+    """A predicted hand (its shape, PCA pose and rotation) as the starting sliders: the figure shows
+    exactly that hand, reset goes back to it, not to the template, and a slider widens to hold a
+    starting value beyond its range."""
+    layer = ManoLayer(random_mano_file, num_pca_comps=4, flat_hand_mean=False)    # as a regressor's MANO layer
+    betas, pca, orient = torch.tensor([1.0, -0.5]), torch.tensor([0.8, 0.0, -1.2]), torch.tensor([0.3, -0.2, 2.5])
+    explorer = HandExplorer(layer, num_pca_comps=4, betas=betas, pca=pca, global_orient=orient, view="camera")
+    with torch.no_grad():                                                       # what the regressor's layer makes
+        expected = layer(hand_pose=torch.cat([pca, torch.zeros(1)])[None], betas=betas[None],
+                         global_orient=orient[None]).vertices[0].numpy()
+    np.testing.assert_allclose(explorer.vertices(), expected, atol=1e-6)
+    assert [slider.value for slider in explorer.beta_sliders[:3]] == pytest.approx([1.0, -0.5, 0.0])
+    assert explorer.figure.layout.scene.camera.up.y == -1                       # the camera's view: y down
+    explorer.set(betas=[3.0], pca=[0.0], global_orient=[0.0, 0.0, 0.0], joint="index1", joint_pose=[0.5, 0.0, 0.0])
+    explorer.reset()
+    np.testing.assert_allclose(explorer.vertices(), expected, atol=1e-6)
+    wide = HandExplorer(layer, num_pca_comps=4, betas=[4.03], global_orient=[0.0, 0.0, -3.45])  # beyond the ranges
+    assert wide.beta_sliders[0].value == pytest.approx(4.03) and wide.beta_sliders[0].max == pytest.approx(4.1)
+    assert wide.rotation_sliders[2].value == pytest.approx(-3.45)
+    assert wide.rotation_sliders[2].min == pytest.approx(-3.5)
+    assert wide.beta_sliders[1].max == 3.0                                         # the others keep their range
+    with pytest.raises(ValueError, match="betas: expected finite"):
+        HandExplorer(layer, num_pca_comps=4, betas=[float("nan")])
+    with pytest.raises(ValueError, match="global_orient: expected 3"):
+        HandExplorer(layer, num_pca_comps=4, global_orient=[0.1])
 
 def test_turning_one_joint_moves_only_the_skin_it_carries(explorer):
     # LBS: a vertex moves with joint k only through the weights of k and of k's descendants.

@@ -22,7 +22,8 @@ compares each with what the training image has:
 Training starts with a **pre-training** stage on synthetic images, an L2 loss on the camera and
 MANO parameters themselves (``parameter_targets``), so that the camera and hand start from
 acceptable values; then the **image** stage minimises L. The "2D fit" column of the paper's
-tables is no network: MANO fitted to the detected 2D keypoints (``fit_detected_keypoints``).
+tables is no network: MANO fitted to the detected 2D keypoints (``fit_detected_keypoints``, or
+``fit_to_detections`` for another detector's keypoints).
 
 Differences from the paper (so that it trains on a laptop CPU, and fits the course's data):
 
@@ -606,10 +607,10 @@ def fit_detected_keypoints(detector: nn.Module, batch: dict, layer: ManoLayer | 
     """The paper's "2D fit" column: MANO fitted to the 2D keypoints the backbone detects.
 
     No network is trained: the shared backbone finds the 21 keypoints (argmax of its score maps),
-    and ``handlib.mano.fit.fit_to_keypoints_2d`` fits the hand model to them through the crop's
-    camera K. Measured on the first 32 crops of the synthetic test set with the shipped backbone and
-    the fit's defaults: 3D EPE 56 mm after root alignment (median 39 mm), 2D EPE 12.5 px, 9 s on one
-    core (the quick-trained network: 68 mm and 28 px over the 256 crops).
+    and ``fit_to_detections`` fits the hand model to them through the crop's camera K. Measured on
+    the first 32 crops of the synthetic test set with the shipped backbone and the fit's defaults:
+    3D EPE 56 mm after root alignment (median 39 mm), 2D EPE 12.5 px, 9 s on one core (the
+    quick-trained network: 68 mm and 28 px over the 256 crops).
 
     Args:
         detector: a ``backbone.HandEncoder`` (e.g. with ``backbone.load_pretrained``), or a model
@@ -619,31 +620,60 @@ def fit_detected_keypoints(detector: nn.Module, batch: dict, layer: ManoLayer | 
         fit_options: passed to ``fit_to_keypoints_2d`` (steps, seed, num_starts, ...).
 
     Returns:
-        ``Prediction``: keypoints_2d (B, 21, 2) the fitted keypoints projected by K; keypoints_3d
-        (B, 21, 3) and vertices, metres, frame "camera"; mano_pose (B, 48), mano_betas (B, 10);
-        extras "detected" (B, 21, 2) the detector's keypoints, "reprojection_error_2d" (B,) pixels.
+        ``Prediction`` of ``fit_to_detections``, its extras "detected" (B, 21, 2) the detector's keypoints.
     """
-    from handlib.geometry import project_points
-    from handlib.mano.fit import fit_to_keypoints_2d
-
     if not isinstance(batch, dict) or "image" not in batch or "K" not in batch:
         raise ValueError("batch: expected a dict with 'image' (B, 3, S, S) and 'K' (B, 3, 3), the crops' intrinsics")
-    image, K = batch["image"], batch["K"]
-    check_shape("batch['K']", K, (image.shape[0], 3, 3), " intrinsics")
-    if not torch.isfinite(K).all():
-        raise ValueError("batch['K']: the 2D fit needs each crop's intrinsics, got NaN (a dataset without a camera); "
-                         "give a nominal K, e.g. handlib.render.make_intrinsics")
+    image = batch["image"]
     was_training = detector.training
     detector.eval()
     detected = keypoints_from_score_maps(detector(image)["score_maps"], tuple(image.shape[-2:]))    # (B, 21, 2)
     detector.train(was_training)
+    return fit_to_detections(detected, batch["K"], layer, **fit_options)
+
+
+@torch.no_grad()
+def fit_to_detections(keypoints_2d: torch.Tensor, K: torch.Tensor, layer: ManoLayer | None = None,
+                      **fit_options) -> Prediction:
+    """The "2D fit" on any detector's keypoints: ``handlib.mano.fit.fit_to_keypoints_2d`` through the
+    crops' cameras, as a ``Prediction``.
+
+    A crop the detector found no hand in (NaN keypoints, as MediaPipe Hands answers: see
+    ``handlib.peers``) is not fitted and stays unanswered (NaN in every field).
+
+    Args:
+        keypoints_2d: (B, 21, 2) detected keypoints, pixels of the crop, course order; NaN for a
+            crop without an answer.
+        K: (B, 3, 3) the crops' intrinsics.
+        layer: the hand model to fit (default: ``ManoLayer(num_pca_comps=NUM_PCA_COMPONENTS)``).
+        fit_options: passed to ``fit_to_keypoints_2d`` (steps, seed, num_starts, ...).
+
+    Returns:
+        ``Prediction``: keypoints_2d (B, 21, 2) the fitted keypoints projected by K; keypoints_3d
+        (B, 21, 3) and vertices, metres, frame "camera"; mano_pose (B, 48), mano_betas (B, 10);
+        extras "detected" (B, 21, 2) the keypoints fitted to, "reprojection_error_2d" (B,) pixels.
+    """
+    from handlib.geometry import project_points
+    from handlib.mano.fit import fit_to_keypoints_2d
+
+    check_shape("keypoints_2d", keypoints_2d, (None, NUM_KEYPOINTS, 2), " pixels")
+    check_shape("K", K, (keypoints_2d.shape[0], 3, 3), " intrinsics")
+    if not torch.isfinite(K).all():
+        raise ValueError("K: the 2D fit needs each crop's intrinsics, got NaN (a dataset without a camera); "
+                         "give a nominal K, e.g. handlib.render.make_intrinsics")
     layer = layer or ManoLayer(num_pca_comps=NUM_PCA_COMPONENTS)
-    with torch.enable_grad():
-        fit = fit_to_keypoints_2d(layer, detected, K, **fit_options)
-    joints, pose = fit.output.joints, fit.output.full_pose
+    answered = ~torch.isnan(keypoints_2d).flatten(1).all(1)                                      # (B,)
+    blank = lambda *shape: keypoints_2d.new_full((len(keypoints_2d), *shape), float("nan"))    # noqa: E731
+    joints, vertices = blank(NUM_KEYPOINTS, 3), blank(layer.v_template.shape[0], 3)
+    pose, betas, error = blank(48), blank(NUM_BETAS), blank()
+    if answered.any():
+        with torch.enable_grad():
+            fit = fit_to_keypoints_2d(layer, keypoints_2d[answered], K[answered], **fit_options)
+        joints[answered], vertices[answered] = fit.output.joints, fit.output.vertices
+        pose[answered], betas[answered], error[answered] = fit.output.full_pose, fit.betas, fit.reprojection_error_2d
     return Prediction(keypoints_2d=project_points(joints, K), keypoints_3d=joints, frame="camera",
-                      vertices=fit.output.vertices, mano_pose=pose, mano_betas=fit.betas,
-                      extras={"detected": detected, "reprojection_error_2d": fit.reprojection_error_2d})
+                      vertices=vertices, mano_pose=pose, mano_betas=betas,
+                      extras={"detected": keypoints_2d, "reprojection_error_2d": error})
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,10 +12,15 @@ The finger pose shown is the sum of two parts, each with its own tab of sliders:
 with a_c the PCA coefficients ("PCA pose" tab) and delta the per-joint axis-angles ("joint" tab:
 pick a joint, turn its three sliders).
 
+A hand to start from (a prediction, a fit) is given as the sliders' starting values; "reset" goes
+back to it.
+
 Example (in a notebook):
     >>> explorer = HandExplorer(num_pca_comps=6)                 # doctest: +SKIP
     >>> explorer.widget                                          # doctest: +SKIP
     >>> explorer.set(betas=[2.0], pca=[1.0, -0.5])               # doctest: +SKIP
+    >>> HandExplorer(model.mano, 12, betas=prediction.mano_betas[0], pca=prediction.extras["hand_pose"][0],
+    ...              global_orient=prediction.mano_pose[0, :3], view="camera")         # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -56,9 +61,21 @@ class HandExplorer:
         layer: a ManoLayer (its model and ``flat_hand_mean`` are used; its pose space need not
             be axis-angle), a ManoModel, a path to a MANO file, or None for the open hand.
         num_pca_comps: how many PCA coefficient sliders (1..number of components of the model).
+        betas: the starting shape, up to K coefficients (the rest 0); None = 0.
+        pca: the starting PCA pose, up to ``num_pca_comps`` coefficients (around ``hands_mean``
+            unless the layer has ``flat_hand_mean``); None = 0.
+        global_orient: the starting global rotation, 3 axis-angle components, radians; None = 0.
+            ``reset`` returns to this starting hand. A slider whose starting value lies outside its
+            range (shape and pose: [-3, 3]; rotation: [-pi, pi]) is widened to hold it: a regressed
+            hand can lie several standard deviations outside MANO's usual shapes.
+        view: the figure's starting view, "model" (MANO's template frame) or "camera" (as a camera
+            sees a hand whose rotation is in camera axes; see ``plot3d.hand_figure``).
         continuous_update: update while a slider is dragged (one model run per step, a few
             milliseconds) rather than only on release.
         height: figure height, pixels.
+
+    Raises:
+        ValueError: a wrong layer or ``num_pca_comps``; too many starting values, or not finite.
 
     Attributes:
         figure: the go.FigureWidget.
@@ -67,7 +84,8 @@ class HandExplorer:
     """
 
     def __init__(self, layer: ManoLayer | ManoModel | str | Path | None = None, num_pca_comps: int = 6, *,
-                 continuous_update: bool = True, height: int = 480):
+                 betas=None, pca=None, global_orient=None, view: str = "model", continuous_update: bool = True,
+                 height: int = 480):
         if isinstance(layer, ManoLayer):
             model, flat_hand_mean = layer.model, layer.flat_hand_mean
         elif layer is None or isinstance(layer, (ManoModel, str, Path)):
@@ -100,8 +118,20 @@ class HandExplorer:
         self.reset_button = widgets.Button(description="reset", icon="undo", layout=widgets.Layout(width="120px"))
         self.status = widgets.Label(value="")
 
+        # The starting hand: the sliders' first values, and where "reset" goes back to.
+        starts = [("betas", betas, self.beta_sliders), ("pca", pca, self.pca_sliders),
+                  ("global_orient", global_orient, self.rotation_sliders)]
+        self._start = [(self._checked_values(name, np.zeros(0) if values is None else values, sliders,
+                                             exact=name == "global_orient" and values is not None, widen=True),
+                        sliders) for name, values, sliders in starts]
+        for values, sliders in self._start:
+            for value, slider in zip(values, sliders):
+                bound = max(slider.max, np.ceil(abs(value) * 10) / 10)
+                slider.min, slider.max = -bound, bound               # widened where the start lies outside
+                slider.value = float(value)
         out = self._forward()
-        self.figure = hand_figure(out.vertices[0], self.layer.faces, out.joints[0], widget=True, height=height)
+        self.figure = hand_figure(out.vertices[0], self.layer.faces, out.joints[0], widget=True, height=height,
+                                  view=view)
         self._set_colors(NO_COLOR)
 
         for slider in self.beta_sliders + self.pca_sliders + self.rotation_sliders:
@@ -248,23 +278,30 @@ class HandExplorer:
         return self.update()
 
     @staticmethod
-    def _checked_values(name: str, values, sliders, exact: bool) -> np.ndarray:
-        """``values`` as floats, or a ValueError if there are too many or one is outside its slider's range."""
+    def _checked_values(name: str, values, sliders, exact: bool, widen: bool = False) -> np.ndarray:
+        """``values`` as floats, or a ValueError if there are too many or one is outside its slider's range
+        (with ``widen``: one that is not finite)."""
         values = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=float).ravel()
         if len(values) > len(sliders) or (exact and len(values) != len(sliders)):
             expected = f"{len(sliders)}" if exact else f"at most {len(sliders)}"
             raise ValueError(f"{name}: expected {expected} values, got {len(values)}")
         for value, slider in zip(values, sliders):
-            if not slider.min <= value <= slider.max:
+            if widen and not np.isfinite(value):
+                raise ValueError(f"{name}: expected finite values, got {value}")
+            if not widen and not slider.min <= value <= slider.max:
                 raise ValueError(f"{name}: {value:.3f} is outside the slider range [{slider.min}, {slider.max}]")
         return values
 
     def reset(self) -> float:
-        """All sliders back to zero (the mean shape, the rest pose, no rotation) and skin colour; one update."""
+        """All sliders back to the starting hand (zero unless given: the mean shape, the rest pose, no
+        rotation), no per-joint offset, and skin colour; one update."""
         self._hold = True
         try:
             for slider in self.beta_sliders + self.pca_sliders + self.rotation_sliders + self.joint_sliders:
                 slider.value = 0.0
+            for values, sliders in self._start:
+                for value, slider in zip(values, sliders):
+                    slider.value = float(value)
             self._joint_pose[:] = 0.0
         finally:
             self._hold = False

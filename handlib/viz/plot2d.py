@@ -96,15 +96,17 @@ def draw_keypoints_2d(ax, keypoints, visibility=None, *, linewidth: float = 2.0,
 
 
 def draw_mesh_2d(ax, vertices_2d, faces, *, color: str = "white", linewidth: float = 0.3, alpha: float = 0.6,
-                 label: str | None = None):
+                 label: str | None = None, filled: bool = False):
     """Draw a hand mesh's projected triangles (wireframe) on a matplotlib axes, over an image.
 
     Args:
         ax: a matplotlib Axes (image coordinates, pixels).
         vertices_2d: (V, 2) projected vertices, pixels (u, v); numpy or torch.
         faces: (F, 3) vertex indices of the triangles.
-        color, linewidth, alpha: of the wireframe's edges.
+        color, linewidth, alpha: of the wireframe's edges (with ``filled``: of the triangles).
         label: legend label for the mesh.
+        filled: paint the triangles instead of their edges: the mesh's silhouette, to compare with a
+            mask (give ``alpha=1``: overlapping translucent triangles would darken each other).
 
     Returns:
         The matplotlib ``PolyCollection`` of the triangles.
@@ -116,7 +118,8 @@ def draw_mesh_2d(ax, vertices_2d, faces, *, color: str = "white", linewidth: flo
     if faces.min() < 0 or faces.max() >= len(vertices_2d):
         raise ValueError(f"faces: expected vertex indices in [0, {len(vertices_2d)}), got {faces.min()} to "
                          f"{faces.max()}")
-    triangles = PolyCollection(vertices_2d[faces], facecolors="none", edgecolors=color, linewidths=linewidth,
+    triangles = PolyCollection(vertices_2d[faces], facecolors=color if filled else "none",
+                               edgecolors="none" if filled else color, linewidths=0.0 if filled else linewidth,
                                alpha=alpha, label=label)
     ax.add_collection(triangles)
     return triangles

@@ -366,6 +366,16 @@ def _rgb(color) -> np.ndarray:
     return np.array(to_rgb(color))
 
 
+def _colormap(colorscale):
+    """A plotly colorscale ((value, colour), ...) as a matplotlib colormap; viridis where there is none."""
+    from matplotlib import colormaps
+    from matplotlib.colors import LinearSegmentedColormap
+
+    if not colorscale:
+        return colormaps["viridis"]
+    return LinearSegmentedColormap.from_list("plotly", [(float(value), _rgb(color)) for value, color in colorscale])
+
+
 def static_picture(figure: go.Figure, ax=None, *, width: float = 7.0, light: float = 0.6):
     """Draw a hand figure of this module with matplotlib, as its scene's camera sees it.
 
@@ -384,7 +394,6 @@ def static_picture(figure: go.Figure, ax=None, *, width: float = 7.0, light: flo
         the matplotlib Axes.
     """
     import matplotlib.pyplot as plt
-    from matplotlib import colormaps
     from matplotlib.collections import PolyCollection
 
     camera = figure.layout.scene.camera
@@ -406,7 +415,7 @@ def static_picture(figure: go.Figure, ax=None, *, width: float = 7.0, light: flo
                 values = np.asarray(trace.intensity, dtype=np.float64)
                 low = trace.cmin if trace.cmin is not None else values.min()
                 high = trace.cmax if trace.cmax is not None else values.max()
-                cmap = colormaps["viridis"]
+                cmap = _colormap(trace.colorscale)            # e.g. the explorer's one-colour "skin" scale
                 vertex_rgb = cmap((values - low) / max(high - low, 1e-12))[:, :3]
                 if trace.showscale:
                     colorbar = (cmap, low, high, trace.colorbar.title.text if trace.colorbar.title else "")
