@@ -250,7 +250,6 @@ def arm_pictures(profile: str = "full", run_dir=ABLATION_DIR, device="cpu") -> d
                     ``Boukhayma2019.hand``, rounded}}]}.
     """
     import torch
-    from torch.utils.data import default_collate
 
     from handlib import evaluate
     from handlib.checkpoints import find_checkpoint, load_model
@@ -260,7 +259,8 @@ def arm_pictures(profile: str = "full", run_dir=ABLATION_DIR, device="cpu") -> d
         method, model, config = load_model(name, profile, find_checkpoint(name, profile, run_dir), device)
         if test_set is None:                                                    # every arm has the same test set
             test_set = method.test_data(config, config.test_samples)
-            samples = default_collate([test_set[i] for i in range(len(test_set))])
+            samples = evaluate.dataset_targets(test_set, ("keypoints_2d", "keypoints_3d", "visibility", "mask",
+                                                          "pose", "betas"))
         prediction, _ = evaluate.predict_dataset(method, model, config, test_set, device)
         models[row], measures[row] = model, crop_measures(prediction, samples)
     full = measures["full loss"]
