@@ -86,11 +86,10 @@ def _fit_predict(detector, batch, config):
 def _mediapipe_fit_predict(_, batch, config):
     """The 2D fit to MediaPipe Hands' keypoints, as a ``predict`` function (the model is unused);
     NaN (unanswered) where MediaPipe finds no hand."""
+    from handlib.evaluate import peer_predict
     from handlib.models.boukhayma2019 import fit_to_detections
-    from handlib.peers import mediapipe_hands
 
-    found = mediapipe_hands(batch["image"].cpu(), is_right=batch["is_right"].cpu())
-    return fit_to_detections(found.keypoints_2d.to(batch["K"]), _camera(batch))
+    return fit_to_detections(peer_predict(None, batch, config).keypoints_2d.to(batch["K"]), _camera(batch))
 
 
 def _fit_on_mediapipe_crops_predict(detector, batch, config):
@@ -98,14 +97,11 @@ def _fit_on_mediapipe_crops_predict(detector, batch, config):
     ``predict`` function: the MediaPipe row's hands, fitted to the other detector's keypoints."""
     import torch
 
-    from handlib.models.backbone import keypoints_from_score_maps
-    from handlib.models.boukhayma2019 import fit_to_detections
-    from handlib.peers import mediapipe_hands
+    from handlib.evaluate import peer_predict
+    from handlib.models.boukhayma2019 import detect_keypoints, fit_to_detections
 
-    image = batch["image"]
-    with torch.no_grad():
-        detected = keypoints_from_score_maps(detector(image)["score_maps"], tuple(image.shape[-2:]))   # (B, 21, 2)
-    answered = mediapipe_hands(image.cpu(), is_right=batch["is_right"].cpu()).answered().to(detected.device)
+    detected = detect_keypoints(detector, batch["image"])                                    # (B, 21, 2)
+    answered = peer_predict(None, batch, config).answered().to(detected.device)
     return fit_to_detections(torch.where(answered[:, None, None], detected, torch.nan), _camera(batch))
 
 

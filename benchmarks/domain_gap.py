@@ -54,6 +54,8 @@ ARMS = {
     "- distractors": ("no second hand, face or arm behind the hand", {"synth_knobs": (("distractors", 0.0),)}),
     "- skin detail": ("no creases, nails, blotches, darkening between fingers",
                       {"synth_knobs": (("skin_detail", 0.0),)}),
+    "- lights": ("the v1 single light and exposure instead of a key, fill and rim light of other colours",
+                 {"synth_knobs": (("lighting", "single"),)}),
     "- camera effects": ("no blur, noise, colour, JPEG drawn over the batches", {"camera_effects": False}),
     "- coordinate loss": ("score-map and mask losses only", {"coordinate_weight": 0.0}),
 }

@@ -224,8 +224,9 @@ BASELINES = ("crop centre", "mean training pose")
 PEER = "MediaPipe Hands (peer)"
 
 
-def _peer_predict(model, batch, config) -> Prediction:
-    """``predict_dataset``'s signature around MediaPipe Hands (``handlib.peers``): the model is unused."""
+def peer_predict(model, batch, config) -> Prediction:
+    """MediaPipe Hands (``handlib.peers``) on a batch's crops, as a ``predict`` function of
+    ``predict_dataset`` (the model and config are unused)."""
     from handlib.peers import mediapipe_hands
 
     return mediapipe_hands(batch["image"].cpu(), is_right=batch["is_right"].cpu())
@@ -331,10 +332,10 @@ def floor_rows(test_set: Dataset, image_size: int, baselines: bool = True, peers
             print(f"{PEER}: not run. {reason}")
         else:
             identity = nn.Identity()
-            prediction, targets = predict_dataset(None, identity, None, test_set, "cpu", predict=_peer_predict)
+            prediction, targets = predict_dataset(None, identity, None, test_set, "cpu", predict=peer_predict)
             rows.append({"method": PEER, **none, **score(prediction, targets, "procrustes", thresholds),
                          "ms_per_image": milliseconds_per_image(None, identity, None, test_set, device="cpu",
-                                                                predict=_peer_predict)})
+                                                                predict=peer_predict)})
     return rows
 
 
@@ -499,7 +500,7 @@ def real_benchmark(names: list[str] | None = None, profile: str = "full", device
                 if config.image_size == image_size:
                     rows.append(score_real_samples(name, method, model, config, dataset, samples, device))
             if peers:
-                prediction = _peer_predict(None, targets, None)
+                prediction = peer_predict(None, targets, None)
                 rows.append(_real_row(PEER, dataset, prediction, targets, image_size))
     if verbose:
         print(format_table(rows, REAL_COLUMNS))

@@ -624,12 +624,18 @@ def fit_detected_keypoints(detector: nn.Module, batch: dict, layer: ManoLayer | 
     """
     if not isinstance(batch, dict) or "image" not in batch or "K" not in batch:
         raise ValueError("batch: expected a dict with 'image' (B, 3, S, S) and 'K' (B, 3, 3), the crops' intrinsics")
-    image = batch["image"]
+    return fit_to_detections(detect_keypoints(detector, batch["image"]), batch["K"], layer, **fit_options)
+
+
+@torch.no_grad()
+def detect_keypoints(detector: nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """The 2D keypoints (B, 21, 2), pixels of the crop, at the argmax of a detector's score maps
+    (``fit_detected_keypoints``'s detector), run in eval mode; its mode is restored after."""
     was_training = detector.training
     detector.eval()
-    detected = keypoints_from_score_maps(detector(image)["score_maps"], tuple(image.shape[-2:]))    # (B, 21, 2)
+    detected = keypoints_from_score_maps(detector(image)["score_maps"], tuple(image.shape[-2:]))
     detector.train(was_training)
-    return fit_to_detections(detected, batch["K"], layer, **fit_options)
+    return detected
 
 
 @torch.no_grad()
