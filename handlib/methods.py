@@ -355,7 +355,7 @@ class ImageTraining:
     image_size: int = 128
     train_samples: int = 2048
     test_samples: int = 256
-    steps: int = 200
+    steps: int = 120
     batch_size: int = 16
     lr: float = 1e-3
     milestones: tuple = ()

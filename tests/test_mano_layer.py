@@ -124,6 +124,24 @@ def test_pca_out_of_range(random_mano_file):
         ManoLayer(random_mano_file, num_pca_comps=46)
 
 
+@pytest.mark.parametrize("num_pca_comps", [None, 45, 12])
+@pytest.mark.parametrize("flat_hand_mean", [False, True])
+def test_hand_pose_of_inverts_finger_pose(random_mano_file, num_pca_comps, flat_hand_mean):
+    """Exactly where the pose space holds every finger pose; a projection that keeps its own answer in
+    the 12-component space."""
+    layer = ManoLayer(random_mano_file, num_pca_comps=num_pca_comps, flat_hand_mean=flat_hand_mean)
+    fingers = torch.randn(5, 45, generator=torch.Generator().manual_seed(0)) * 0.3
+    hand_pose = layer.hand_pose_of(fingers)
+    assert hand_pose.shape == (5, num_pca_comps or 45) and hand_pose.dtype == torch.float32
+    if num_pca_comps in (None, 45):
+        assert torch.allclose(layer.finger_pose(hand_pose), fingers, atol=1e-5)
+    else:
+        assert torch.allclose(layer.hand_pose_of(layer.finger_pose(hand_pose)), hand_pose, atol=1e-5)
+        worse = layer.finger_pose(hand_pose + 0.01) - fingers           # least squares: any other answer is farther
+        assert (layer.finger_pose(hand_pose) - fingers).norm() < worse.norm()
+    assert torch.equal(layer.hand_pose_of(fingers.clone()), hand_pose)          # the same bits again
+
+
 def test_layer_does_not_depend_on_vertex_count(tmp_path):
     from conftest import make_random_mano_arrays
     from handlib.mano import save_mano

@@ -298,12 +298,8 @@ def mean_hand_pose(layer: ManoLayer) -> torch.Tensor:
         (1, P): PCA coefficients (least squares in the layer's basis) or 45 axis-angles, such
         that ``layer.finger_pose(mean) == hands_mean`` (up to what the PCA basis can express).
     """
-    hands_mean = torch.as_tensor(layer.model.hands_mean, dtype=torch.float32, device=layer.hands_mean.device)[None]
-    offset = hands_mean - layer.hands_mean  # what hand_pose must add (zero if not flat_hand_mean)
-    if layer.num_pca_comps is None:
-        return offset
-    basis = layer.hands_components[: layer.num_pca_comps]  # (P, 45)
-    return torch.linalg.lstsq(basis.T, offset.T).solution.T  # (1, P)
+    return layer.hand_pose_of(torch.as_tensor(layer.model.hands_mean, dtype=torch.float32,
+                                              device=layer.hands_mean.device)[None])
 
 
 def _fit(layer: ManoLayer, data_term, rotation_init: torch.Tensor, transl_init: torch.Tensor, *, steps: int,

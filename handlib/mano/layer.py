@@ -280,6 +280,18 @@ class ManoLayer(nn.Module):
             hand_pose = hand_pose @ self.hands_components[: self.num_pca_comps]
         return self.hands_mean + hand_pose
 
+    def hand_pose_of(self, finger_pose: torch.Tensor) -> torch.Tensor:
+        """``finger_pose``'s inverse: the ``hand_pose`` closest to 45 finger axis-angles (least squares
+        in the PCA space, whose basis need not be orthonormal). (B, 45) -> (B, 45 or num_pca_comps).
+
+        Solved in float64: LAPACK's float32 answer changes in its last bits with where the memory
+        lies, and a training target computed with it would not repeat exactly from run to run."""
+        offset = finger_pose - self.hands_mean.to(finger_pose.dtype)
+        if self.num_pca_comps is None:
+            return offset
+        basis = self.hands_components[: self.num_pca_comps].double()                       # (P, 45)
+        return torch.linalg.lstsq(basis.T, offset.T.double()).solution.T.to(finger_pose.dtype)
+
     def forward(self, hand_pose: torch.Tensor | None = None, betas: torch.Tensor | None = None,
                 global_orient: torch.Tensor | None = None, transl: torch.Tensor | None = None) -> HandOutput:
         """Pose and shape the hand. Any argument left out is zero; batch sizes must agree.

@@ -183,8 +183,8 @@ class Boukhayma2019Config(ImageTraining):
             ``LENGTH_UNIT_3D`` = 1 dm (a hand is about 2 dm long), L_mask a fraction in [0, 1]
             (100 L_mask is the percentage of vertices outside the mask), L_reg the *mean* squared PCA
             coefficient plus w_beta times the mean squared beta (means, so that P does not change its
-            weight). Measured in the quick run (seed 0; mean of the first / last 5 steps of the image
-            stage): L_2D 901 / 722 px, 100 L_3D 150 / 79, 100 L_mask 38 / 16, 10 L_reg 0.5 / 8.6.
+            weight). Measured in a quick run of 200 image steps (seed 0; mean of the first / last 5 steps of
+            the image stage): L_2D 901 / 722 px, 100 L_3D 150 / 79, 100 L_mask 38 / 16, 10 L_reg 0.5 / 8.6.
             L_2D leads: near the answer, on one keypoint 1 cm off (s ~ 730 px/m), its gradient is
             s ~ 730 per metre whatever the error (an L1), 100 L_3D's is 100 x 2 x 0.01 / (21 x 0.1^2)
             ~ 10 per metre and grows with the error. With the mean over keypoints instead (L_2D 21
@@ -363,7 +363,7 @@ def keypoint_loss_2d(predicted: torch.Tensor, target: torch.Tensor, visibility: 
     """L_2D = sum_{visible j} ||x_hat_j - x_j||_1 per sample (the paper's sum), then the batch mean.
 
     A sum, not a mean over the keypoints: with the mean, each keypoint's pull is 21 times weaker
-    against 100 L_mask, and the hand shrinks inside its mask. Measured in the quick profile (seed 0,
+    against 100 L_mask, and the hand shrinks inside its mask. Measured on the quick data at 200 steps (seed 0,
     256 test crops): with the mean, the predicted keypoints spread 8.5 px from their centre against
     27.6 px for the true ones, 2D EPE 30.3 px; with the sum, 17.6 px and 23.5 px (3D EPE 76 -> 72 mm).
 
@@ -509,7 +509,8 @@ def boukhayma2019_loss(model: Boukhayma2019, batch: dict, context: LossContext) 
 # --------------------------------------------------------------------------------------------
 
 def pca_coefficients(layer: ManoLayer, pose: torch.Tensor) -> torch.Tensor:
-    """The PCA coefficients closest to a finger pose: argmin_c ||hands_mean + c C_P - pose||^2.
+    """The PCA coefficients closest to a finger pose: argmin_c ||layer.finger_pose(c) - pose||^2
+    (``ManoLayer.hand_pose_of``, bit-for-bit repeatable).
 
     Args:
         layer: a ``ManoLayer`` with ``num_pca_comps`` = P.
@@ -524,10 +525,7 @@ def pca_coefficients(layer: ManoLayer, pose: torch.Tensor) -> torch.Tensor:
     check_shape("pose", pose, (None, None), " axis-angle")
     if pose.shape[1] not in (45, 48):
         raise ValueError(f"pose: expected shape (B, 45) or (B, 48) axis-angle, got {tuple(pose.shape)}")
-    finger = pose[:, -45:]
-    hands_mean = torch.as_tensor(layer.model.hands_mean, dtype=pose.dtype, device=pose.device)
-    basis = layer.hands_components[: layer.num_pca_comps].to(pose.dtype)                # (P, 45)
-    return torch.linalg.lstsq(basis.T, (finger - hands_mean).T).solution.T              # (B, P)
+    return layer.hand_pose_of(pose[:, -45:])
 
 
 def parameter_targets(layer: ManoLayer, batch: dict) -> dict:
@@ -704,9 +702,9 @@ def _initialize(model: Boukhayma2019, config: Boukhayma2019Config) -> None:
 
 
 CONFIGS = {
-    # Live in the notebook and in CI, from the shipped backbone: 100 + 200 steps, 2.6 minutes of
+    # Live in the notebook and in CI, from the shipped backbone: 100 + 120 steps, 2.8 minutes of
     # training on one core of a busy 2-core CPU (seed 0, on the 256 test crops: 3D EPE 72 mm
-    # root-aligned, 24 mm after Procrustes, 2D EPE 23 px).
+    # root-aligned, 22 mm after Procrustes, 2D EPE 25 px).
     "quick": Boukhayma2019Config(),
     # What ships: about 50 minutes on one core of a 2-core CPU while another training runs (0.6 s a
     # step of 16 crops, measured; 4800 steps), over the 24 576 cached training hands of the backbone.

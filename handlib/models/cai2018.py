@@ -163,7 +163,7 @@ class Cai2018Config(ImageTraining):
             score-map head the 2D network, started from the shipped weights.
         end_to_end: the 3D losses (L_3D, L_dep) train the 2D network too, through the heatmaps and
             features the regressor reads, as in the paper. False (ours): they train the regressor
-            alone and the 2D network learns from L_2D only. Measured at 200 quick steps with 5 % of
+            alone and the 2D network learns from L_2D only. Measured at 200 steps on the quick data with 5 % of
             the labels: end to end, the 2D error grows from 19 to 31 px (a batch's one or two
             labelled hands pull hard on the shared features) and the 3D EPE is 100 mm; detached, the
             2D error falls to 18 px and the 3D EPE is 79 mm.

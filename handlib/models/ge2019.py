@@ -301,7 +301,7 @@ class Ge2019Config(ImageTraining):
         end_to_end: the mesh, joint and extent losses train the backbone too, through the score maps
             and features the feature block reads, as in the paper. False (ours, like chapter 3): they
             train the layers after the backbone, and the backbone learns from L_H only. Measured on
-            the quick profile (200 steps): end to end, the 2D error is 21.4 px, the 3D
+            the quick data at 200 steps: end to end, the 2D error is 21.4 px, the 3D
             EPE 80 mm (Procrustes 37.6 mm) and the mesh error 33.1 mm; detached 15.6 px, 75 mm (36.0 mm)
             and 30.1 mm: the 3D losses' pull spoils the shared score maps more than it helps the mesh.
         feature_widths: the feature block's stride-2 conv-BN-ReLU channels on [score maps, features].
@@ -798,9 +798,9 @@ def _initialize(model: Ge2019, config: Ge2019Config) -> None:
 
 CONFIGS = {
     # Live in the notebook and in CI: a few minutes on a laptop CPU, from the shipped backbone.
-    # Measured: 126 s for the 200 steps and the evaluation on one core shared with two other trainings
-    # (2D EPE 15.6 px, 3D EPE 75 mm after root alignment, 36 mm Procrustes, mesh error 30 mm). A weak
-    # arm adds 100 weak steps (about 100 s) and the rendering of its 1024 second-style images.
+    # Measured: 2.6 minutes for the 120 steps and the evaluation on one core shared with two other
+    # trainings (2D EPE 16.8 px, 3D EPE 86 mm after root alignment, 38 mm Procrustes, mesh error 33 mm).
+    # A weak arm adds 100 weak steps (about 100 s) and the rendering of its 1024 second-style images.
     "quick": Ge2019Config(),
     # What ships: 0.6 s per step (B = 16, 128 px, measured on the quick profile) on one core shared
     # with other trainings, so about 50 minutes for 4800 steps. A weak arm adds 600 weak steps at

@@ -192,7 +192,7 @@ class Zhou2020Config(ImageTraining):
         encoder, encoder_width, pretrained_backbone: the shared backbone (DetNet's trunk and its H head).
         head_width: channels of the 3 x 3 conv-BN-ReLU of the D and L heads.
         weight_heatmap, weight_delta, weight_location: the DetNet loss weights (paper's not known).
-            Measured after 200 quick steps, DetNet alone ("no_iknet"): with w_heat = 1 the 3D terms
+            Measured after 200 steps on the quick data, DetNet alone ("no_iknet"): with w_heat = 1 the 3D terms
             pull the shared features away from the 2D task (2D error 15.1 px from the shipped
             backbone, 19.8 px after; 3D EPE 76 mm); with w_heat = 10 the 2D error stays at 16.2 px
             and the 3D EPE is 65 mm. w_delta = 0.1 and w_loc = 1 start the D and L terms at
@@ -951,9 +951,9 @@ def _initialize(model: Zhou2020, config: Zhou2020Config) -> None:
 
 
 CONFIGS = {
-    # Live in the notebook and in CI, from the shipped backbone: measured 231 s on one core of a busy
-    # 2-core CPU (IKNet 2000 steps at 0.01 s, DetNet 200 steps at about 1 s, the 256 test images):
-    # 2D 16.5 px, 3D EPE 68.6 mm (gt_root_scale), Procrustes 22.5 mm, mesh 16.9 mm (seed 0).
+    # Live in the notebook and in CI, from the shipped backbone: measured 4.2 minutes in all on one core
+    # of a busy 2-core CPU (IKNet 2000 steps, DetNet 120 steps, the 256 test images): 2D 15.7 px, 3D EPE
+    # 67.2 mm (gt_root_scale), Procrustes 23.0 mm, mesh 17.3 mm (seed 0).
     "quick": Zhou2020Config(),
     # What ships: 42 minutes on one core of a busy 2-core CPU (measured, 2026-12-03): IKNet 1024 x 6,
     # 6000 steps of 128 at about 0.1 s (10 min; its 65 536 poses take 10 s to build), then DetNet
