@@ -2,12 +2,25 @@
 depending on any particular vertex count or on the open hand asset."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from handlib.skeleton import MANO_PARENTS
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """Imports one of ``benchmarks/*.py`` as a module: ``benchmark_script("domain_gap")``."""
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load
 
 
 def make_random_mano_arrays(num_vertices: int = 60, num_betas: int = 10, seed: int = 0) -> dict:

@@ -1,16 +1,11 @@
 """The shared image encoder's candidates (handlib.models.backbone) and their benchmark."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from handlib.models.backbone import (ENCODERS, MaskHead, ResidualBlock, ScoreMapHead, build_encoder,
                                      conv_bn_relu, scaled)
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("kind", sorted(ENCODERS))
@@ -68,10 +63,8 @@ def test_unknown_kind_or_bad_input_raises_naming_the_argument():
         build_encoder("vgg", width=0.25)(torch.rand(1, 1, 32, 32))           # one channel
 
 
-def test_benchmark_prints_a_table(capsys):
-    spec = importlib.util.spec_from_file_location("bench_backbone", ROOT / "benchmarks" / "bench_backbone.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_benchmark_prints_a_table(capsys, benchmark_script):
+    bench = benchmark_script("bench_backbone")
     previous = torch.get_num_threads()
     try:
         rows = bench.main(["--quick", "--batch-size", "2", "--image-size", "32", "--width", "0.25", "--threads", "1"])

@@ -444,16 +444,9 @@ def test_the_method_trains_through_the_loop(tmp_path, monkeypatch, variant):
 
 
 @pytest.fixture(scope="module")
-def harness():
+def harness(benchmark_script):
     """benchmarks/boukhayma_tables.py, imported as a module."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "boukhayma_tables.py"
-    spec = importlib.util.spec_from_file_location("boukhayma_tables", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("boukhayma_tables")
 
 
 def test_the_tables_harness_trains_the_ablation_and_scores_every_row(tmp_path, monkeypatch, harness):

@@ -295,15 +295,9 @@ def test_the_method_trains_through_the_loop(tmp_path, monkeypatch):
     assert "ms / image" in out.with_suffix(".md").read_text()
 
 
-def test_the_experiment_harness_names_registered_arms():
+def test_the_experiment_harness_names_registered_arms(benchmark_script):
     """benchmarks/cai_label_fraction.py trains every label percent with and without L_dep."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cai_label_fraction.py"
-    spec = importlib.util.spec_from_file_location("cai_label_fraction", path)
-    harness = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(harness)
+    harness = benchmark_script("cai_label_fraction")
     for percent in harness.VARIANTS:
         for depth in (True, False):
             method, variant = get_method(harness.variant_name(percent, depth))

@@ -1,18 +1,11 @@
 """benchmarks/domain_gap.py: every arm is a valid recipe that differs from the full one, and the stored
 table merges new rows by arm and steps."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 
 @pytest.fixture(scope="module")
-def gap():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "domain_gap.py"
-    spec = importlib.util.spec_from_file_location("domain_gap", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def gap(benchmark_script):
+    return benchmark_script("domain_gap")
 
 
 def test_every_arm_is_a_valid_recipe_and_undoes_something(gap):

@@ -302,15 +302,9 @@ def test_the_published_table_puts_ours_beside_the_papers():
     assert "| zimmermann2017 | 0.948 | - |" in evaluate.format_table(rows, evaluate.PUBLISHED_COLUMNS)
 
 
-def test_the_stored_results_are_redone_one_method_at_a_time():
+def test_the_stored_results_are_redone_one_method_at_a_time(benchmark_script):
     """benchmarks/benchmark_tables.py: a method's rows are replaced, the others kept, in course order."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark_tables.py"
-    spec = importlib.util.spec_from_file_location("benchmark_tables", path)
-    tables = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tables)
+    tables = benchmark_script("benchmark_tables")
 
     def parts(name, value):
         return {"synthetic": [{"method": name, "epe_3d_mm": value}],

@@ -273,19 +273,13 @@ def test_the_method_trains_through_the_loop(tmp_path, monkeypatch):
     assert result.metrics["epe_3d_mm"] > 0 and result.metrics["mesh_error_mm"] > 0
 
 
-def test_the_tables_harness_scores_every_row(tmp_path, monkeypatch):
+def test_the_tables_harness_scores_every_row(tmp_path, monkeypatch, benchmark_script):
     """benchmarks/ge_tables.py on tiny runs: the shipped model on the second style and the weak arms
     on top of it, the mesh-term arms, and the graph CNN beside MANO regression."""
-    import importlib.util
-    from pathlib import Path
-
     from handlib import checkpoints, methods
     from handlib.train import train
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ge_tables.py"
-    spec = importlib.util.spec_from_file_location("ge_tables", path)
-    harness = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(harness)
+    harness = benchmark_script("ge_tables")
     monkeypatch.setattr(methods, "CACHE_DIR", tmp_path / "cache")
     small = {key: value for key, value in dataclasses.asdict(small_config()).items() if key != "weak_stage"}
     tiny = {**small, "train_samples": 8, "test_samples": 4, "steps": 2, "batch_size": 4, "weak_steps": 2,

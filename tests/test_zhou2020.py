@@ -397,19 +397,13 @@ def test_the_iknet_arms_train_iknet_alone_on_a_trained_detnet(tmp_path, monkeypa
         assert torch.equal(state[f"detnet.{key}"], value), key
 
 
-def test_the_tables_harness_scores_every_row(tmp_path, monkeypatch):
+def test_the_tables_harness_scores_every_row(tmp_path, monkeypatch, benchmark_script):
     """benchmarks/zhou_tables.py on a tiny trained model: the three pose solvers, the IKNet arms
     (trained on that model's DetNet), the true poses' plausibility, and the speed table."""
-    import importlib.util
-    from pathlib import Path
-
     from handlib import checkpoints, methods
     from handlib.train import train
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "zhou_tables.py"
-    spec = importlib.util.spec_from_file_location("zhou_tables", path)
-    harness = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(harness)
+    harness = benchmark_script("zhou_tables")
     monkeypatch.setattr(methods, "CACHE_DIR", tmp_path / "cache")
     tiny = {**dataclasses.asdict(small_config()), "train_samples": 8, "test_samples": 4, "batch_size": 4,
             "iknet_steps": 2, "iknet_batch_size": 8, "steps": 2}
