@@ -607,8 +607,8 @@ def fit_detected_keypoints(detector: nn.Module, batch: dict, layer: ManoLayer | 
     No network is trained: the shared backbone finds the 21 keypoints (argmax of its score maps),
     and ``fit_to_detections`` fits the hand model to them through the crop's camera K. Measured on
     the first 32 crops of the synthetic test set with the shipped backbone and the fit's defaults:
-    3D EPE 56 mm after root alignment (median 39 mm), 2D EPE 12.5 px, 9 s on one core (the
-    quick-trained network: 68 mm and 28 px over the 256 crops).
+    3D EPE 56 mm after root alignment (median 39 mm), 2D EPE 12.5 px, 9 s on one core (the network
+    trained 200 steps on the quick data: 68 mm and 28 px over the 256 crops).
 
     Args:
         detector: a ``backbone.HandEncoder`` (e.g. with ``backbone.load_pretrained``), or a model
